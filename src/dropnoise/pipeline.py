@@ -21,6 +21,7 @@ from . import config as dnconfig
 from . import operating_range, outputs, sentences, summary, tasks
 from .labels import load_aliases
 from .prompts import load_template
+from .vocabulary import PERTURBATIONS
 
 log = logging.getLogger("dropnoise")
 
@@ -117,7 +118,7 @@ def build_strength_grid(model_key: str, config: dict, localization: str | None, 
             for note in notes:
                 log.warning("%s: %s", model_key, note)
     else:
-        grid = {"source": "config", **{kind: tasks.expand_grid(chosen.get(kind, [])) for kind in ("dropout", "noise")}}
+        grid = {"source": "config", **{kind: tasks.expand_grid(chosen.get(kind, [])) for kind in PERTURBATIONS}}
     log.info("%s strength grid (%s): dropout %s, noise %s", model_key, grid["source"], grid["dropout"], grid["noise"])
     outputs.write_json(grid, out)
 

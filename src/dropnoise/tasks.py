@@ -33,7 +33,6 @@ PLACEHOLDERS = {
     "zero_shot": {"turns": {"sentence", "option_a", "option_b"}},
     "few_shot": {"intro": set(), "teaching": {"sentence", "label"}, "test": {"sentence", "option_a", "option_b"}},
 }
-LABEL_CONDITIONS = ("correct", "swapped", "random", "empty")
 
 
 def expand_grid(spec: list) -> list[float]:
