@@ -8,11 +8,15 @@ min_version("9.19")
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/prompts.smk"
 include: "workflow/rules/inference.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/figures.smk"
 
 
 rule all:

@@ -57,6 +57,10 @@ def test_paper_dry_run_lists_every_paper_model_offline():
         for experiment in ("localization", "localization_control", "zero_shot", "few_shot"):
             assert f"results/{model}/{experiment}.csv" in out
             assert f"results/{model}/{experiment}.summary.csv" in out
+        for figure in ("fig4_zero_shot", "fig5_few_shot_heatmap", "fig6_flipped_labels"):
+            assert f"paper_figures/{model}/{figure}.png" in out
+    for target in ("results/stats/condition_tests.csv", "results/stats/alias_controls.tex", "paper_figures/fig2_localization.pdf"):
+        assert target in out
 
 
 def test_single_target_dry_run_has_only_its_jobs():
@@ -147,4 +151,21 @@ def test_tiny_preset_end_to_end(tmp_path):
         assert (few.perturbation == few.target).all() and cells.sum() == len(few)
         grid = json.loads((work / f"results/{model}/strength_grid.json").read_text())
         assert grid["source"] == "auto" and len(grid["dropout"]) == preset["strength_grid"]["points"]
+        for figure in ("fig4_zero_shot", "fig5_few_shot_heatmap", "fig6_flipped_labels"):
+            assert (work / f"paper_figures/{model}/{figure}.png").stat().st_size > 10_000
+
+    tests = pd.read_csv(work / "results/stats/condition_tests.csv")
+    assert set(tests.model) == set(preset["run"]["models"]) and set(tests.experiment) == set(preset["run"]["experiments"])
+    assert ((tests.p_adjusted >= tests.p_value - 1e-12) & tests.p_value.between(0, 1)).all()
+    pairs = pd.read_csv(work / "results/stats/label_pairs.csv")
+    assert set(pairs.comparison) == {"correct - swapped", "correct - random", "correct - empty"}
+    controls = pd.read_csv(work / "results/stats/alias_controls.csv")
+    assert set(controls.alias) == {"x_y"} and set(controls.experiment) == {"zero_shot", "few_shot"}
+    for table in ("condition_tests", "dose_response", "label_pairs", "alias_controls"):
+        assert "\\toprule" in (work / f"results/stats/{table}.tex").read_text()
+    for figure in ("fig2_localization", "fig2_localization_by_length", "fig3_control", "fig5_few_shot_by_k"):
+        assert (work / f"paper_figures/{figure}.pdf").stat().st_size > 5_000
+    snakemake("--report", "report.html", "--configfile", "presets/ci.yaml", cwd=work)
+    report = (work / "report.html").read_text()
+    assert "Produced by the configuration config.yaml + presets/ci.yaml" in report
     assert not list(work.rglob("*.tmp"))

@@ -69,6 +69,11 @@ def check(config: dict, root: str | Path = ".") -> None:
                         aliases.names(settings(config, key, name)["aliases"])
         except AliasError as err:
             problems.append(f"aliases: {err}")
+        else:
+            for field in ("emphasis", "flipped_labels"):
+                unknown = [a for a in config["figures"][field] if a not in aliases.entries]
+                if unknown:
+                    problems.append(f"figures.{field}: unknown alias(es) {unknown}; see {config['aliases']}")
     if config["sentences"]["source"] == "file" and not (root / config["sentences"]["path"]).exists():
         problems.append(f"sentences.path: file '{config['sentences']['path']}' does not exist")
     if problems:

@@ -37,6 +37,10 @@ class Aliases:
                     out.append(name)
         return out
 
+    def groups(self) -> dict[str, str]:
+        """Alias -> its group (canonical, swap, synonym, perturbation_like, placeholder, ...)."""
+        return {name: entry["group"] for name, entry in self.entries.items()}
+
     def word(self, alias: str, kind: str) -> str:
         """The bare word for a class (teaching labels)."""
         return self.entries[alias][kind]

@@ -195,3 +195,66 @@ def summarize(trial_file: str, experiment: str, out: str) -> None:
     outputs.write_csv(table, out)
     pooled = table[table.subset == "all"]
     log.info("accuracy per condition:\n%s", pooled.to_string(index=False))
+
+
+def read_trials(path: str | Path) -> pd.DataFrame:
+    """A per-trial table or summary as written (alias `none` and empty fields stay strings, not NaN)."""
+    return pd.read_csv(path, keep_default_na=False)
+
+
+def stats_table(table: str, trial_files: list[str], aliases_file: str, settings: dict, out_csv: str, out_tex: str) -> None:
+    """One statistical table over every model and experiment it covers, as CSV and as a LaTeX table."""
+    from . import stats
+
+    groups = load_aliases(aliases_file).groups()
+    parts = []
+    for path in trial_files:
+        trials = read_trials(path)
+        experiment = trials["experiment"].iloc[0]
+        log.info("%s: %s (%d trials)", table, path, len(trials))
+        parts.append(stats.build(table, trials, experiment, groups, **settings))
+    frame = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else pd.DataFrame()
+    outputs.write_csv(frame, out_csv)
+    outputs.atomic_write_text(out_tex, stats.to_latex(frame))
+    if "significant" in frame:
+        log.info("%s: %d rows, %d significant after %s correction", table, len(frame), int(frame["significant"].sum()),
+                 settings["correction"])
+
+
+def paper_figure(name: str, inputs: dict[str, str], config: dict, aliases_file: str, stem: str) -> None:
+    """Draw one figure from its tables. `inputs` maps a model to its summary (cross-model figures), or names the
+    one table a per-model figure reads ("summary" or "pairs") together with "model"."""
+    from . import figures, style
+
+    aliases = load_aliases(aliases_file)
+    groups = aliases.groups()
+    rule = config["stats"]["rule"]
+    if name in ("fig2_localization", "fig2_localization_by_length", "fig3_control", "fig5_few_shot_by_k"):
+        summaries = {model: read_trials(path) for model, path in inputs.items()}
+        if name == "fig5_few_shot_by_k":
+            canonical = _canonical(pd.concat(summaries.values()), groups)
+            fig = figures.few_shot_by_k(summaries, canonical, rule)
+        else:
+            draw = {"fig2_localization": figures.localization, "fig3_control": figures.control,
+                    "fig2_localization_by_length": figures.localization_by_length}[name]
+            fig = draw(summaries, rule)
+    elif name == "fig4_zero_shot":
+        fig = figures.zero_shot(read_trials(inputs["summary"]), groups, config["figures"]["emphasis"], rule)
+    elif name == "fig5_few_shot_heatmap":
+        summary_table = read_trials(inputs["summary"])
+        fig = figures.few_shot_heatmap(summary_table, _canonical(summary_table, groups), rule)
+    elif name == "fig6_flipped_labels":
+        names = {a: f"{aliases.word(a, 'dropout')} / {aliases.word(a, 'noise')}" for a in aliases.entries}
+        fig = figures.flipped_labels(pd.read_csv(inputs["pairs"]), inputs["model"], config["figures"]["flipped_labels"], names)
+    else:
+        raise ValueError(f"unknown figure '{name}'")
+    for path in style.save(fig, stem):
+        log.info("wrote %s", path)
+
+
+def _canonical(table: pd.DataFrame, groups: dict[str, str]) -> str:
+    """The first canonical alias (the paper's own label words) that ran."""
+    canonical = [a for a in dict.fromkeys(table["alias"]) if groups.get(a) == "canonical"]
+    if not canonical:
+        raise ValueError("no canonical alias (none, dropout_noise) ran; the figure needs one")
+    return canonical[0]

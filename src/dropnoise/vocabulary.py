@@ -13,3 +13,11 @@ def derive_seed(*parts) -> int:
     """A stable 63-bit seed from any tuple of ints/strings (Python's hash() is salted per process)."""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
+
+# Statistical tables (src/dropnoise/stats.py) -> the experiments whose per-trial tables each one reads.
+STATS_TABLES = {
+    "condition_tests": ("localization", "localization_control", "zero_shot", "few_shot"),
+    "dose_response": ("localization", "localization_control", "zero_shot", "few_shot"),
+    "label_pairs": ("few_shot",),
+    "alias_controls": ("zero_shot", "few_shot"),
+}

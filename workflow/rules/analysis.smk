@@ -27,3 +27,27 @@ rule summarize:
     localrule: True
     script:
         "../scripts/summarize.py"
+
+
+rule stats_table:
+    input:
+        unpack(stats_inputs),
+    output:
+        csv=report(
+            "results/stats/{table}.csv",
+            caption="../report/caption.rst",
+            category="Statistics",
+            labels={"table": "{table}"},
+        ),
+        tex="results/stats/{table}.tex",
+    log:
+        "logs/stats/{table}.log",
+    params:
+        settings=config["stats"],
+        caption=lambda wildcards: CAPTIONS[wildcards.table],
+        provenance=provenance,
+    conda:
+        "../../envs/analysis.yaml",
+    localrule: True
+    script:
+        "../scripts/stats_table.py"

@@ -2,10 +2,15 @@
 import os
 import re
 
+import yaml
+
 from snakemake.utils import validate
 
 try:
     import dropnoise.config as dnconfig
+    from dropnoise.labels import load_aliases
+    from dropnoise.outputs import config_hash
+    from dropnoise.vocabulary import STATS_TABLES
 except ImportError as err:
     raise ImportError(
         "the dropnoise library is not installed in this Python; run `make install` (or `pip install -e .`)"
@@ -30,15 +35,111 @@ wildcard_constraints:
     model="|".join(re.escape(m) for m in MODELS),
     experiment="|".join(EXPERIMENTS),
     shard=r"\d+",
+    table="|".join(STATS_TABLES),
+
+
+ALIASES = load_aliases(config["aliases"])
+# Figures -> the experiment whose results they draw. Paper figures put every model in one figure; model figures
+# are drawn per model (paper_figures/{model}/).
+PAPER_FIGURES = {
+    "fig2_localization": "localization",
+    "fig2_localization_by_length": "localization",
+    "fig3_control": "localization_control",
+    "fig5_few_shot_by_k": "few_shot",
+}
+MODEL_FIGURES = {"fig4_zero_shot": "zero_shot", "fig5_few_shot_heatmap": "few_shot", "fig6_flipped_labels": "few_shot"}
+# Report captions, one per figure and table (workflow/report/captions.yaml).
+with open(os.path.join(workflow.basedir, "workflow", "report", "captions.yaml")) as handle:
+    CAPTIONS = yaml.safe_load(handle)
+
+
+wildcard_constraints:
+    figure="|".join([*PAPER_FIGURES, *MODEL_FIGURES]),
 
 
 def all_targets():
-    return [
+    per_experiment = [
         f"results/{model}/{experiment}{suffix}"
         for model in config["run"]["models"]
         for experiment in config["run"]["experiments"]
         for suffix in (".csv", ".summary.csv")
     ]
+    tables = [f"results/stats/{table}.{ext}" for table in STATS_TABLES if stats_trial_files(table) for ext in ("csv", "tex")]
+    figures = [f"paper_figures/{name}.{ext}" for name in PAPER_FIGURES if figure_models(name) for ext in ("pdf", "png")]
+    figures += [
+        f"paper_figures/{model}/{name}.{ext}"
+        for name in MODEL_FIGURES
+        for model in figure_models(name)
+        for ext in ("pdf", "png")
+    ]
+    return per_experiment + tables + figures
+
+
+def ran(model, experiment):
+    return model in config["run"]["models"] and experiment in config["run"]["experiments"]
+
+
+def aliases_of(model, experiment):
+    return ALIASES.names(dnconfig.settings(config, model, experiment)["aliases"])
+
+
+def has_canonical(model, experiment):
+    groups = ALIASES.groups()
+    return any(groups[a] == "canonical" for a in aliases_of(model, experiment))
+
+
+def table_applies(table, model, experiment):
+    """Whether a model x experiment has anything for a table: label pairs need a second label condition, alias
+    controls a canonical alias and another one."""
+    if not ran(model, experiment) or experiment not in STATS_TABLES[table]:
+        return False
+    if table == "label_pairs":
+        return len(dnconfig.settings(config, model, experiment)["label_conditions"]) > 1
+    if table == "alias_controls":
+        return has_canonical(model, experiment) and len(aliases_of(model, experiment)) > 1
+    return True
+
+
+def stats_trial_files(table):
+    return [
+        f"results/{model}/{experiment}.csv"
+        for model in config["run"]["models"]
+        for experiment in STATS_TABLES[table]
+        if table_applies(table, model, experiment)
+    ]
+
+
+def stats_inputs(wildcards):
+    return {"trials": stats_trial_files(wildcards.table), "aliases": config["aliases"]}
+
+
+def figure_models(name):
+    """The models a figure draws: those that ran its experiment (with a canonical alias, for few-shot figures)."""
+    experiment = PAPER_FIGURES.get(name) or MODEL_FIGURES[name]
+    models = [m for m in config["run"]["models"] if ran(m, experiment)]
+    if experiment == "few_shot":
+        models = [m for m in models if has_canonical(m, experiment)]
+    if name == "fig6_flipped_labels":
+        models = [m for m in models if table_applies("label_pairs", m, experiment)]
+    return models
+
+
+def paper_figure_inputs(wildcards):
+    name = wildcards.figure
+    return {model: f"results/{model}/{PAPER_FIGURES[name]}.summary.csv" for model in figure_models(name)}
+
+
+def model_figure_inputs(wildcards):
+    if wildcards.figure == "fig6_flipped_labels":
+        return {"pairs": "results/stats/label_pairs.csv"}
+    return {"summary": f"results/{wildcards.model}/{MODEL_FIGURES[wildcards.figure]}.summary.csv"}
+
+
+def provenance(wildcards):
+    """What a report caption says about the configuration that produced a result."""
+    overlays = [os.path.relpath(f, workflow.basedir) for f in workflow.configfiles]
+    files = ["config.yaml", *[f for f in overlays if f != "config.yaml"]]
+    return {"configfiles": " + ".join(files), "hash": config_hash(config)}
 
 
 # Registry fields that determine a model folder; scheduling fields (gpus, mem_mb, runtime, batch_size, grids)

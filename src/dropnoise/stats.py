@@ -1,0 +1,277 @@
+"""Statistical tables of the results section: tidy functions of the per-trial tables (one row per trial).
+
+The paper's code reports Bernoulli standard errors only. Every test here uses the design of the experiments:
+all strengths, aliases and label conditions of a base trial share their sentence, rendering and random draws
+(`base_id`, common random numbers), so comparisons are paired and standard errors are clustered by sentence.
+"Correct" is the configured scoring rule's column (`correct_primary` by default); chance is 1/2 (two options).
+
+Tables (each a function below; columns in order):
+
+`condition_tests`: one row per model x experiment x condition x scoring rule.
+    Inputs: correct_{rule} per trial. Test: exact two-sided binomial test of accuracy = 1/2 (scipy binomtest).
+    Columns: model, experiment, family, <condition columns>, rule, n, correct, accuracy, wilson_low/high (95%),
+    cp_low/high (Clopper-Pearson 95%), p_value, p_adjusted, significant. p_adjusted is Holm (or BH, `correction`)
+    within the family = model x experiment x rule x every condition column except the strengths, i.e. over the
+    strengths of one curve (over the dropout x noise cells of one few-shot panel).
+
+`dose_response`: one row per model x experiment x curve (perturbation, alias, k, label condition).
+    Formula: logit P(correct) = b0 + b1 * strength (statsmodels GLM, binomial family), standard errors clustered
+    by sentence_id. Few-shot uses the strength of the test trial's own perturbation.
+    Columns: model, experiment, family, <curve columns>, n, n_clusters, strength_min, strength_max, slope,
+    slope_low/high (95%), odds_ratio_range (exp(b1 * (max - min)): the odds ratio from the weakest to the strongest
+    strength), p_value (two-sided Wald), p_adjusted (across the curves of a family: all aliases (and label
+    conditions) of one model x experiment x perturbation), significant, note (why a slope is missing).
+
+`label_pairs`: few-shot, the same base trials under correct and another teaching-label condition.
+    Per dropout x noise cell: exact McNemar test on the discordant pairs (b: correct label right, other wrong;
+    c: the reverse). Per panel (cell = "all"): a paired logistic model, logit P(correct) = b0 + b1 * [correct
+    labels], standard errors clustered by sentence (pairs and their repeats across cells are clusters).
+    Columns: model, experiment, family, k, alias, comparison, dropout_strength, noise_strength, n_pairs,
+    accuracy_correct, accuracy_other, difference, b, c, odds_ratio, or_low, or_high, p_value, p_adjusted
+    (across the cells of a panel), significant, test.
+
+`alias_controls`: zero- and few-shot, does the canonical label pair beat each control pair?
+    The same base trials under the canonical alias and under a control alias (few-shot: correct labels),
+    pooled over strengths and both classes: a paired logistic model, logit P(correct) = b0 + b1 * [canonical],
+    standard errors clustered by sentence, one-sided p for b1 > 0.
+    Columns: model, experiment, family, canonical, alias, group, k, n_pairs, accuracy_canonical, accuracy_alias,
+    difference, odds_ratio, or_low, or_high, p_value (one-sided), p_adjusted (Holm/BH across the aliases of a
+    model x experiment (x k)), significant.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import statsmodels.api as sm
+import statsmodels.formula.api as smf
+from scipy.stats import binomtest
+from scipy.stats import t as t_dist
+from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.proportion import proportion_confint
+
+from .vocabulary import RULES
+
+CHANCE = 0.5
+STRENGTH_COLUMNS = ("strength", "dropout_strength", "noise_strength")
+# The columns that name one condition of each experiment (one point of a curve or one cell of a heatmap).
+CONDITIONS = {
+    "localization": ["perturbation", "strength"],
+    "localization_control": ["perturbation", "strength"],
+    "zero_shot": ["alias", "perturbation", "strength"],
+    "few_shot": ["k", "label_condition", "alias", "dropout_strength", "noise_strength"],
+}
+# The columns that name one dose-response curve (few-shot: the test class, against its own strength).
+CURVES = {
+    "localization": ["perturbation"],
+    "localization_control": ["perturbation"],
+    "zero_shot": ["perturbation", "alias"],
+    "few_shot": ["perturbation", "k", "label_condition", "alias"],
+}
+PAIRED_FIT = ("difference", "odds_ratio", "or_low", "or_high", "p_value", "test", "note")
+
+
+def adjust(frame: pd.DataFrame, family: list[str], alpha: float, method: str) -> pd.DataFrame:
+    """Add p_adjusted and significant, correcting p_value within each family (missing p-values stay missing)."""
+    frame = frame.copy()
+    frame["p_adjusted"] = np.nan
+    for _, index in frame.groupby(family, dropna=False).groups.items():
+        p = frame.loc[index, "p_value"].dropna()
+        if len(p):
+            frame.loc[p.index, "p_adjusted"] = multipletests(p.to_numpy(), alpha=alpha, method=method)[1]
+    frame["significant"] = frame["p_adjusted"] < alpha
+    frame["family"] = frame[family].astype(str).agg(" | ".join, axis=1)
+    return frame
+
+
+def clustered_logit(data: pd.DataFrame, formula: str, term: str, groups: str) -> dict:
+    """Binomial GLM with standard errors clustered by `groups`: the coefficient of `term`, its 95% CI, Wald p.
+
+    Inference uses statsmodels' small-sample cluster correction with a t distribution on (clusters - 1) degrees of
+    freedom, so a handful of sentences gives wide intervals instead of overconfident normal ones.
+
+    Returns NaNs with a note where the model is not identified (no variation in the outcome or the term, fewer
+    than two clusters, or a fit that does not converge, e.g. under perfect separation).
+    """
+    outcome = formula.split("~")[0].strip()
+    empty = {"estimate": np.nan, "low": np.nan, "high": np.nan, "p_value": np.nan, "statistic": np.nan, "df": np.nan}
+    if data[outcome].nunique() < 2:
+        return {**empty, "note": "no variation in correctness"}
+    if data[groups].nunique() < 2:
+        return {**empty, "note": "fewer than two clusters"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            fit = smf.glm(formula, data, family=sm.families.Binomial()).fit(
+                cov_type="cluster", cov_kwds={"groups": pd.factorize(data[groups])[0]}, use_t=True
+            )
+        except (ValueError, np.linalg.LinAlgError) as err:
+            return {**empty, "note": f"not estimable: {err}"}
+    if term not in fit.params or not np.isfinite(fit.bse[term]) or not fit.converged:
+        return {**empty, "note": "not estimable (no variation in the term, or separation)"}
+    low, high = fit.conf_int().loc[term]
+    return {"estimate": fit.params[term], "low": low, "high": high, "p_value": fit.pvalues[term],
+            "statistic": fit.tvalues[term], "df": fit.df_resid_inference, "note": ""}
+
+
+def condition_tests(trials: pd.DataFrame, experiment: str, alpha: float = 0.05, method: str = "holm") -> pd.DataFrame:
+    conditions = ["model", "experiment", *CONDITIONS[experiment]]
+    rows = []
+    for key, group in trials.groupby(conditions, sort=True):
+        for rule in RULES:
+            n, k = len(group), int(group[f"correct_{rule}"].sum())
+            wilson = proportion_confint(k, n, alpha=0.05, method="wilson")
+            exact = proportion_confint(k, n, alpha=0.05, method="beta")
+            rows.append({
+                **dict(zip(conditions, key)), "rule": rule, "n": n, "correct": k, "accuracy": k / n,
+                "wilson_low": wilson[0], "wilson_high": wilson[1], "cp_low": exact[0], "cp_high": exact[1],
+                "p_value": binomtest(k, n, CHANCE).pvalue,
+            })
+    family = [c for c in conditions if c not in STRENGTH_COLUMNS] + ["rule"]
+    return _order(adjust(pd.DataFrame(rows), family, alpha, method), conditions)
+
+
+def dose_response(trials: pd.DataFrame, experiment: str, rule: str = "primary", alpha: float = 0.05,
+                  method: str = "holm") -> pd.DataFrame:
+    curve = ["model", "experiment", *CURVES[experiment]]
+    rows = []
+    for key, group in trials.groupby(curve, sort=True):
+        data = pd.DataFrame({
+            "correct": group[f"correct_{rule}"].astype(int), "strength": group["strength"].astype(float),
+            "sentence": group["sentence_id"],
+        })
+        fit = clustered_logit(data, "correct ~ strength", "strength", "sentence")
+        lo, hi = data["strength"].min(), data["strength"].max()
+        rows.append({
+            **dict(zip(curve, key)), "n": len(data), "n_clusters": data["sentence"].nunique(),
+            "strength_min": lo, "strength_max": hi, "slope": fit["estimate"], "slope_low": fit["low"],
+            "slope_high": fit["high"], "odds_ratio_range": np.exp(fit["estimate"] * (hi - lo)),
+            "p_value": fit["p_value"], "note": fit["note"],
+        })
+    family = ["model", "experiment", "perturbation", *(["k"] if experiment == "few_shot" else [])]
+    return _order(adjust(pd.DataFrame(rows), family, alpha, method), curve)
+
+
+def label_pairs(trials: pd.DataFrame, rule: str = "primary", alpha: float = 0.05, method: str = "holm") -> pd.DataFrame:
+    """Correct teaching labels against every other label condition that ran on the same base trials."""
+    panel = ["model", "experiment", "k", "alias"]
+    cell = ["dropout_strength", "noise_strength"]
+    rows = []
+    for other in sorted(set(trials["label_condition"]) - {"correct"}):
+        pairs = _pairs(trials, "label_condition", "correct", other, panel + cell, rule)
+        for key, group in pairs.groupby(panel, sort=True):
+            common = {**dict(zip(panel, key)), "comparison": f"correct - {other}"}
+            for cell_key, cell_pairs in group.groupby(cell, sort=True):
+                rows.append({**common, **dict(zip(cell, cell_key)), **_mcnemar(cell_pairs)})
+            rows.append({**common, "dropout_strength": "all", "noise_strength": "all", **_paired_logit(group)})
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame(rows)
+    cells = table[table["dropout_strength"] != "all"]
+    pooled = table[table["dropout_strength"] == "all"]
+    family = panel + ["comparison"]
+    table = pd.concat([adjust(cells, family, alpha, method), adjust(pooled, ["model", "experiment", "comparison"], alpha, method)])
+    return _order(table.reset_index(drop=True), family + cell)
+
+
+def alias_controls(trials: pd.DataFrame, experiment: str, groups: dict[str, str], rule: str = "primary",
+                   alpha: float = 0.05, method: str = "holm") -> pd.DataFrame:
+    """Each non-canonical alias against the canonical one (the first canonical alias that ran), same base trials.
+
+    `groups` maps alias -> group (canonical, swap, synonym, ...). Few-shot compares correct teaching labels only.
+    """
+    if experiment == "few_shot":
+        trials = trials[trials["label_condition"] == "correct"]
+    present = list(dict.fromkeys(trials["alias"]))
+    canonical = [a for a in present if groups.get(a) == "canonical"]
+    if not canonical:
+        return pd.DataFrame()
+    reference = canonical[0]
+    panel = ["model", "experiment", *(["k"] if experiment == "few_shot" else [])]
+    cell = ["perturbation", *(["dropout_strength", "noise_strength"] if experiment == "few_shot" else ["strength"])]
+    rows = []
+    for alias in [a for a in present if a != reference]:
+        pairs = _pairs(trials, "alias", reference, alias, panel + cell, rule)
+        for key, group in pairs.groupby(panel, sort=True):
+            fit = _paired_logit(group, one_sided=True)
+            rows.append({
+                **dict(zip(panel, key)), "canonical": reference, "alias": alias, "group": groups.get(alias, ""),
+                "n_pairs": fit["n_pairs"], "accuracy_canonical": fit["accuracy_correct"],
+                "accuracy_alias": fit["accuracy_other"], **{c: fit[c] for c in PAIRED_FIT},
+            })
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame(rows)
+    return _order(adjust(table, panel, alpha, method), panel + ["canonical", "alias", "group"])
+
+
+def build(table: str, trials: pd.DataFrame, experiment: str, groups: dict[str, str], rule: str, alpha: float,
+          correction: str) -> pd.DataFrame:
+    """One of the tables above for one model x experiment (`groups`: alias -> group, for alias_controls)."""
+    if table == "condition_tests":
+        return condition_tests(trials, experiment, alpha, correction)
+    if table == "dose_response":
+        return dose_response(trials, experiment, rule, alpha, correction)
+    if table == "label_pairs":
+        return label_pairs(trials, rule, alpha, correction)
+    return alias_controls(trials, experiment, groups, rule, alpha, correction)
+
+
+def _pairs(trials: pd.DataFrame, column: str, first: str, second: str, keys: list[str], rule: str) -> pd.DataFrame:
+    """One row per base trial run under both `first` and `second` of `column`: correct_first, correct_second."""
+    index = keys + ["base_id", "sentence_id"]
+    wide = trials[trials[column].isin([first, second])].pivot_table(
+        index=index, columns=column, values=f"correct_{rule}", aggfunc="first"
+    )
+    if first not in wide or second not in wide:
+        return pd.DataFrame(columns=index + ["correct_first", "correct_second"])
+    wide = wide[[first, second]].dropna().astype(int)
+    return wide.set_axis(["correct_first", "correct_second"], axis=1).reset_index()
+
+
+def _mcnemar(pairs: pd.DataFrame) -> dict:
+    first, second = pairs["correct_first"], pairs["correct_second"]
+    b, c = int(((first == 1) & (second == 0)).sum()), int(((first == 0) & (second == 1)).sum())
+    table = [[int(((first == 1) & (second == 1)).sum()), b], [c, int(((first == 0) & (second == 0)).sum())]]
+    return {
+        "n_pairs": len(pairs), "accuracy_correct": first.mean(), "accuracy_other": second.mean(),
+        "difference": first.mean() - second.mean(), "b": b, "c": c,
+        "p_value": mcnemar(table, exact=True).pvalue if b + c else 1.0, "test": "exact McNemar",
+    }
+
+
+def _paired_logit(pairs: pd.DataFrame, one_sided: bool = False) -> dict:
+    """Paired logistic model on stacked pairs: the odds ratio of the first condition, clustered by sentence."""
+    stacked = pd.DataFrame({
+        "correct": np.r_[pairs["correct_first"], pairs["correct_second"]],
+        "first": np.r_[np.ones(len(pairs)), np.zeros(len(pairs))],
+        "sentence": np.r_[pairs["sentence_id"], pairs["sentence_id"]],
+    })
+    out = _mcnemar(pairs)
+    if out["b"] + out["c"] == 0:
+        return {**out, "odds_ratio": 1.0, "or_low": np.nan, "or_high": np.nan, "p_value": 1.0,
+                "test": "none: no discordant pairs", "note": "identical answers under both conditions"}
+    fit = clustered_logit(stacked, "correct ~ first", "first", "sentence")
+    p = t_dist.sf(fit["statistic"], fit["df"]) if one_sided else fit["p_value"]
+    out.update({
+        "odds_ratio": np.exp(fit["estimate"]), "or_low": np.exp(fit["low"]), "or_high": np.exp(fit["high"]),
+        "p_value": p, "test": "paired logistic, SE clustered by sentence" + (" (one-sided)" if one_sided else ""),
+        "note": fit["note"],
+    })
+    return out
+
+
+def _order(frame: pd.DataFrame, first: list[str]) -> pd.DataFrame:
+    head = ["model", "experiment", "family"] + [c for c in first if c not in ("model", "experiment")]
+    return frame[[*dict.fromkeys(head), *[c for c in frame if c not in head]]]
+
+
+def to_latex(frame: pd.DataFrame) -> str:
+    """A booktabs table for the paper: p-values in scientific notation, other floats to three significant digits."""
+    formatters = {c: (lambda v: f"{v:.2e}") for c in frame if c.startswith("p_")}
+    return frame.drop(columns=["family"], errors="ignore").to_latex(
+        index=False, float_format=lambda v: f"{v:.3g}", formatters=formatters, na_rep="--", escape=True
+    )

@@ -1,0 +1,96 @@
+"""Paper figures: pure functions of the tables (no model code), one curve or cell per condition, PDF and PNG."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dropnoise import figures, stats, style, summary
+
+RULES = ("primary", "aggregate", "argmax")
+
+
+def trials(experiment: str, rng, n: int = 8, **columns) -> pd.DataFrame:
+    """A synthetic per-trial table: every combination of `columns` with n trials, random correctness."""
+    grid = pd.MultiIndex.from_product(list(columns.values()), names=list(columns)).to_frame(index=False)
+    frame = grid.loc[grid.index.repeat(n)].reset_index(drop=True)
+    hits = rng.random(len(frame)) < 0.7
+    frame = frame.assign(model="m", experiment=experiment, logit_diff=rng.normal(size=len(frame)),
+                         base_id=np.tile(np.arange(n), len(grid)), sentence_id=np.tile(np.arange(n), len(grid)),
+                         **{f"correct_{r}": hits for r in RULES})
+    return frame
+
+
+def test_figure_modules_import_no_model_code():
+    code = "import sys, dropnoise.figures, dropnoise.stats; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_localization_draws_one_curve_per_model_and_perturbation_with_chance_line(tmp_path):
+    rng = np.random.default_rng(0)
+    table = trials("localization", rng, perturbation=["dropout", "noise"], strength=[0.0, 0.3, 0.6],
+                   sentence_tokens=[3, 7])
+    summaries = {"a": summary.summarize(table, "localization"), "b": summary.summarize(table, "localization")}
+    fig = figures.localization(summaries)
+    for ax in fig.axes:
+        data_lines = [line for line in ax.get_lines() if len(line.get_xdata()) == 3]
+        assert len(data_lines) == 2  # one per model
+        assert any(list(line.get_ydata()) == [50, 50] for line in ax.get_lines())  # chance
+        assert ax.get_xlabel()
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == ["a", "b", "chance (50%)"]
+    written = style.save(fig, tmp_path / "fig2")
+    assert [p.suffix for p in written] == [".pdf", ".png"] and all(p.stat().st_size > 1000 for p in written)
+    assert not list(tmp_path.glob(".*"))
+
+    by_length = figures.localization_by_length(summaries)
+    assert len(by_length.axes) == 4 and all(len(ax.get_lines()) == 3 for ax in by_length.axes)  # 2 lengths + chance
+
+
+def test_zero_shot_emphasises_canonical_aliases_and_dashes_controls():
+    rng = np.random.default_rng(1)
+    table = trials("zero_shot", rng, alias=["dropout_noise", "x_y"], perturbation=["dropout", "noise"],
+                   strength=[0.1, 0.2, 0.4])
+    fig = figures.zero_shot(summary.summarize(table, "zero_shot"), {"x_y": "placeholder"}, ["dropout_noise"])
+    ax = fig.axes[0]
+    styles = {line.get_label(): (line.get_linestyle(), line.get_linewidth()) for line in ax.get_lines()}
+    assert styles["dropout_noise"][0] == "-" and styles["x_y (placeholder)"][0] == "--"
+    assert styles["dropout_noise"][1] > styles["x_y (placeholder)"][1]
+    assert list(ax.get_lines()[0].get_xdata()) == [0, 50, 100]  # strength percentiles
+
+
+def few_shot_summary(rng):
+    table = trials("few_shot", rng, k=[1, 3], label_condition=["correct", "swapped"], alias=["none"],
+                   dropout_strength=[0.1, 0.3, 0.5], noise_strength=[1.0, 2.0], perturbation=["dropout", "noise"])
+    return table
+
+
+def test_few_shot_heatmap_has_one_annotated_cell_per_grid_point():
+    rng = np.random.default_rng(2)
+    fig = figures.few_shot_heatmap(summary.summarize(few_shot_summary(rng), "few_shot"), "none")
+    ax = fig.axes[0]
+    assert len(ax.texts) == 3 * 2 and "k = 1" in ax.get_title()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "50", "100"]
+
+
+def test_few_shot_by_k_and_flipped_labels():
+    rng = np.random.default_rng(3)
+    table = few_shot_summary(rng)
+    fig = figures.few_shot_by_k({"m": summary.summarize(table, "few_shot")}, "none")
+    assert list(fig.axes[0].get_xticks()) == [1, 3]
+    pairs = stats.label_pairs(table)
+    fig = figures.flipped_labels(pairs, "m", ["none", "x_y"], {"none": "DROPOUT / NOISE"})
+    assert len(fig.axes) == 2  # one panel (x_y did not run) and its colour bar
+    assert "DROPOUT / NOISE" in fig.axes[0].get_title() and len(fig.axes[0].texts) >= 6
+
+
+def test_unknown_figure_is_a_clear_error(tmp_path):
+    from conftest import ROOT
+    from dropnoise import pipeline
+
+    with pytest.raises(ValueError, match="unknown figure 'fig9'"):
+        pipeline.paper_figure("fig9", {}, {"stats": {"rule": "primary"}}, ROOT / "data/aliases.yaml", str(tmp_path / "x"))
