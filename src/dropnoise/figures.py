@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from statsmodels.stats.proportion import proportion_confint
 
 from . import style
 from .vocabulary import PERTURBATIONS
@@ -139,8 +140,6 @@ def few_shot_heatmap(summary: pd.DataFrame, canonical: str, rule: str = "primary
 
 def few_shot_by_k(summaries: dict[str, pd.DataFrame], canonical: str, rule: str = "primary"):
     """Fig. 5 (right): accuracy pooled over the dropout x noise grid vs k, correct labels, one curve per model."""
-    from statsmodels.stats.proportion import proportion_confint
-
     fig, axes = style.figure(width=style.COLUMN_WIDTH, height=2.4)
     ax = axes[0][0]
     colors = sns.color_palette("colorblind", len(summaries))
