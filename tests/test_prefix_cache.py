@@ -105,3 +105,19 @@ def test_auto_batch_size_follows_free_memory():
     assert 1 <= small < engine.AUTO_BATCH_CAP["cpu"]
     assert engine.auto_batch_size(model, 500, free=1) == 1
     assert engine.auto_batch_size(model, 500) >= 1  # this machine's own free memory
+
+
+def test_engine_agrees_with_the_reference_loop(shapes, smol_tokenizer):
+    """The benchmark's reference (batch 1, whole prompt, every condition run on its own) scores like the engine."""
+    from dropnoise import benchmark
+
+    trials, conditions = shapes["localization"]
+    model = build_tiny("qwen3", vocab_size=len(smol_tokenizer))
+    ours, _ = run(model, smol_tokenizer, trials, conditions, prefix_cache=True)
+    reference = pd.DataFrame(benchmark.reference_run(model, smol_tokenizer, trials, conditions, ("A", "B"), seed=2))
+    key = ["trial_id", "perturbation", "strength"]
+    merged = ours.merge(reference, on=key, suffixes=("", "_ref"))
+    assert len(merged) == len(ours) == len(reference)
+    for column in ("logit_A", "logit_B", "entropy"):
+        assert merged[column].to_numpy() == pytest.approx(merged[f"{column}_ref"].to_numpy(), abs=1e-4, rel=1e-4)
+    assert (merged.pred_argmax == merged.pred_argmax_ref).all()
