@@ -85,6 +85,7 @@ def test_zero_shot_target_has_only_its_jobs():
         ({"run": {"models": ["qwen33b"], "experiments": ["localization"]}}, "unknown model key 'qwen33b'"),
         ({"experiments": {"localization": {"grid": {"dropout": [1.5]}}}}, "dropout rates must be < 1"),
         ({"sentences": {"source": "file", "path": "nowhere.txt"}}, "sentences.path: file 'nowhere.txt' does not exist"),
+        ({"inference": {"device": "auto", "batch_size": "large"}}, "instance['inference']['batch_size']"),
     ],
 )
 def test_bad_config_fails_before_any_job_with_a_readable_message(tmp_path, overlay, message):

@@ -1,16 +1,29 @@
 """Run trials under conditions: batched forward passes with span hooks, scored at the last position.
 
-Trials are sorted by length and left-padded into batches (position ids follow the attention mask, so a padded
-prompt sees the same positions as an unpadded one); only last-position logits are computed. Each trial keeps
-its own seed under every condition, so a row does not depend on which trials shared its batch.
+Trials are left-padded into batches (position ids follow the attention mask, so a padded prompt sees the same
+positions as an unpadded one); only last-position logits are computed. Each trial keeps its own seed under every
+condition, so a row does not depend on which trials shared its batch.
+
+Prefix reuse: every token before a trial's first perturbable span is the same under all of its conditions. A batch
+of trials runs that prefix once, keeps its key/value cache, and then runs only the suffixes, one row per distinct
+condition (the no-op conditions share one clean row), with the cache rows repeated along the batch. The hooks
+address spans relative to the suffix, and each span draws from its own seeded generator, so the draws and the
+scores are those of full recompute. Families not proven to match (models.PREFIX_CACHE_FAMILIES) recompute the whole
+prompt, and the log says so.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
+import os
+from dataclasses import dataclass
+
 import torch
 from tqdm.auto import tqdm
+from transformers import DynamicCache
 
-from . import prompts, scoring
+from . import models, prompts, scoring
 from .perturb import Span, SpanPerturber, TrialPerturbation
 from .vocabulary import derive_seed
 
@@ -74,10 +87,11 @@ def condition_columns(trial: dict, condition: dict) -> dict:
     return columns
 
 
-def _batches(indices: list[int], encoded: list[list[int]], batch_size: int):
-    order = sorted(indices, key=lambda i: len(encoded[i]))
-    for i in range(0, len(order), batch_size):
-        yield order[i : i + batch_size]
+def split_point(trial: dict) -> int:
+    """Tokens before the first span any condition can perturb (identical under every condition); at least the
+    last token, the scored one, stays in the suffix."""
+    first = min((s["start"] for s in trial["spans"] if s["kind"] != "none"), default=trial["n_prompt_tokens"])
+    return min(first, trial["n_prompt_tokens"] - 1)
 
 
 def pad_left(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
@@ -90,6 +104,109 @@ def pad_left(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
     return ids, mask, positions, offsets
 
 
+# Rows per pass that `batch_size: auto` never exceeds: on CPU larger batches add padding but hardly any speed.
+AUTO_BATCH_CAP = {"cpu": 16, "cuda": 256}
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes the next forward passes may use on the model's device."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    with open("/proc/meminfo") as meminfo:  # MemAvailable counts reclaimable page cache, unlike sysconf
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def auto_batch_size(model, max_tokens: int, free: int | None = None) -> int:
+    """Rows per pass that fit in half the free memory: per row, the key/value cache of the longest prompt (twice:
+    the prefix and its repeated copy), one layer's activations (attention scores and MLP) and fp32 logits."""
+    config = model.config.get_text_config(decoder=True)
+    weight = model.get_input_embeddings().weight
+    element = weight.element_size()
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    kv = 2 * config.num_hidden_layers * kv_heads * head_dim * element
+    activations = (4 * config.hidden_size + 3 * config.intermediate_size) * element
+    per_row = max_tokens * (2 * kv + activations) + heads * max_tokens**2 * element + 2 * config.vocab_size * 4
+    free = free_memory(weight.device) if free is None else free
+    return max(1, min(AUTO_BATCH_CAP.get(weight.device.type, AUTO_BATCH_CAP["cuda"]), free // 2 // per_row))
+
+
+@dataclass
+class Work:
+    """What a run computed, to log and benchmark: scored rows, distinct forward rows, and tokens (what full
+    recompute would have run vs what ran, pads included)."""
+
+    rows: int = 0
+    passes: int = 0
+    prompt_tokens: int = 0
+    computed_tokens: int = 0
+
+    def summary(self) -> str:
+        saved = 1 - self.computed_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+        return (
+            f"{self.rows} rows from {self.passes} forward rows; {self.computed_tokens} tokens computed for "
+            f"{self.prompt_tokens} prompt tokens ({saved:.0%} saved by prefix reuse and clean-row sharing)"
+        )
+
+
+def _rows_of(cache: DynamicCache, index: torch.Tensor) -> DynamicCache:
+    """A cache holding the given batch rows of `cache` (repeats allowed); `cache` itself stays intact."""
+    selected = copy.copy(cache)
+    selected.layers = [copy.copy(layer) for layer in cache.layers]
+    selected.batch_select_indices(index)
+    return selected
+
+
+def _groups(order: list[int], sizes: list[int], batch_size: int):
+    """Consecutive trials whose rows fill at least one batch (a trial with many conditions is a group alone)."""
+    group, rows = [], 0
+    for i in order:
+        group.append(i)
+        rows += sizes[i]
+        if rows >= batch_size:
+            yield group
+            group, rows = [], 0
+    if group:
+        yield group
+
+
+def _run_group(model, perturber, group, encoded, splits, passes, pad_id, device, batch_size, work):
+    """Run one group of trials: the shared prefix once, then every (trial, pass) suffix in batches of rows.
+    Each trial is split `suffix` tokens before its end, the group's longest suffix, so that all suffixes have
+    one length and the left-padded prefixes line up in the cache."""
+    suffix = max(len(encoded[i]) - splits[i] for i in group)
+    ids, mask, positions, offsets = pad_left([encoded[i] for i in group], pad_id, device)
+    prefix = ids.shape[1] - suffix
+    cache = None
+    if prefix > 0:
+        perturber.clear()
+        cache = DynamicCache(config=model.config)
+        model(input_ids=ids[:, :prefix], attention_mask=mask[:, :prefix], position_ids=positions[:, :prefix],
+              past_key_values=cache, use_cache=True, logits_to_keep=1)
+        work.computed_tokens += prefix * len(group)
+    rows = [(g, i, key) for g, i in enumerate(group) for key in passes[i]]
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        index = torch.tensor([g for g, _, _ in chunk], device=device)
+        perturber.set_batch([passes[i][key] for _, i, key in chunk], [offsets[g] - prefix for g, _, _ in chunk])
+        out = model(
+            input_ids=ids[index, prefix:],
+            attention_mask=mask[index],
+            position_ids=positions[index, prefix:],
+            past_key_values=None if cache is None else _rows_of(cache, index),
+            use_cache=cache is not None,
+            logits_to_keep=1,
+        )
+        work.computed_tokens += suffix * len(chunk)
+        work.prompt_tokens += sum(len(encoded[i]) for _, i, _ in chunk)
+        work.passes += len(chunk)
+        yield [(i, key) for _, i, key in chunk], out.logits[:, -1, :]
+
+
 def run(
     model,
     tokenizer,
@@ -97,12 +214,20 @@ def run(
     conditions: list[dict],
     letters,
     seed: int,
-    batch_size: int = 8,
+    batch_size: int | str = 8,
     sites=("attn", "mlp"),
     layers=None,
     progress: bool = True,
+    prefix_cache: bool = True,
+    work: Work | None = None,
 ) -> list[dict]:
-    """Score every trial under every condition; returns one tidy row per (trial, condition)."""
+    """Score every trial under every condition; returns one tidy row per (trial, condition).
+
+    batch_size: rows per forward pass, or "auto" (from free memory); prefix_cache: reuse each trial's unperturbed
+    prefix across its conditions where the family allows it; work: filled with what was computed.
+    """
+    log = logging.getLogger(__name__)
+    work = Work() if work is None else work
     tokens = prompts.option_tokens(tokenizer, letters)
     encoded = [prompts.tokenize(tokenizer, t["text"])[0] for t in trials]
     for trial, ids in zip(trials, encoded):
@@ -113,28 +238,44 @@ def run(
             )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = model.get_input_embeddings().weight.device
-    plan = [(c, [i for i, t in enumerate(trials) if applies(t, c)]) for c in conditions]
-    total = sum(-(-len(members) // batch_size) for _, members in plan)
-    clean: dict[int, dict] = {}  # every no-op perturbation (p = 0, sigma = 0) is the same clean pass: run it once
-    rows = []
-    bar = tqdm(total=total, desc="forward passes", unit="batch", disable=not progress)
+    if batch_size == "auto":
+        batch_size = auto_batch_size(model, max(map(len, encoded), default=1))
+        log.info("batch size %d (auto, from the free memory of %s)", batch_size, device)
+    if prefix_cache and not models.shares_prefix_cache(model):
+        log.warning("prefix reuse is off for model type '%s' (not proven to match full recompute): every pass "
+                    "recomputes the whole prompt", model.config.model_type)
+        prefix_cache = False
+    # Per trial, its distinct passes: None is the clean pass (every no-op condition: p = 0, sigma = 0).
+    passes: list[dict] = [{} for _ in trials]
+    plan = []
+    for condition in conditions:
+        members = []
+        for i, trial in enumerate(trials):
+            if applies(trial, condition):
+                perturbation = trial_perturbation(trial, condition, seed)
+                key = None if all(span.is_noop for span in perturbation.spans) else perturbation
+                passes[i].setdefault(key, perturbation)
+                members.append((i, key))
+        plan.append((condition, members))
+    splits = [split_point(t) if prefix_cache else 0 for t in trials]
+    order = sorted((i for i in range(len(trials)) if passes[i]), key=lambda i: (len(encoded[i]) - splits[i], len(encoded[i])))
+    groups = list(_groups(order, [len(p) for p in passes], batch_size))
+    bar = tqdm(total=sum(-(-sum(len(passes[i]) for i in g) // batch_size) for g in groups), desc="forward passes",
+               unit="batch", disable=not progress)
+    scored: dict[tuple[int, object], dict] = {}
     with SpanPerturber(model, sites=sites, layers=layers) as perturber, torch.inference_mode():
-        for condition, members in plan:
-            perturbations = {i: trial_perturbation(trials[i], condition, seed) for i in members}
-            noop = {i for i, p in perturbations.items() if all(span.is_noop for span in p.spans)}
-            todo = [i for i in members if not (i in noop and i in clean)]
-            scored = {}
-            for batch in _batches(todo, encoded, batch_size):
-                ids, mask, positions, offsets = pad_left([encoded[i] for i in batch], pad_id, device)
-                perturber.set_batch([perturbations[i] for i in batch], offsets)
-                out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
-                answers = [trials[i]["answer"] for i in batch]
-                scored.update(zip(batch, scoring.score(out.logits[:, -1, :], answers, tokens, tokenizer.decode)))
+        for group in groups:
+            for keys, logits in _run_group(model, perturber, group, encoded, splits, passes, pad_id, device,
+                                           batch_size, work):
+                answers = [trials[i]["answer"] for i, _ in keys]
+                scored.update(zip(keys, scoring.score(logits, answers, tokens, tokenizer.decode)))
                 bar.update()
-            clean.update({i: scored[i] for i in noop if i in scored})
-            for i in members:
-                meta = {k: trials[i][k] for k in TRIAL_COLUMNS if k in trials[i]}
-                score = scored[i] if i in scored else clean[i]
-                rows.append({**meta, **condition_columns(trials[i], condition), "seed": seed, **score})
     bar.close()
+    rows = []
+    for condition, members in plan:
+        for i, key in members:
+            meta = {k: trials[i][k] for k in TRIAL_COLUMNS if k in trials[i]}
+            rows.append({**meta, **condition_columns(trials[i], condition), "seed": seed, **scored[(i, key)]})
+    work.rows += len(rows)
+    log.info("%s", work.summary())
     return rows

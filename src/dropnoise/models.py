@@ -34,6 +34,10 @@ TINY_CONFIG_CLASSES = {
 # so that tests exercise sliding-window masks under left padding.
 SLIDING_FAMILIES = {"olmo3", "gemma3", "qwen2", "qwen3"}
 
+# Model types whose key/value cache is proven (tests/test_prefix_cache.py) to give the scores of full recompute
+# when a prompt's unperturbed prefix runs once and its suffix runs under every condition; others recompute.
+PREFIX_CACHE_FAMILIES = {"llama", "qwen2", "qwen3", "olmo2", "olmo3", "gemma3_text"}
+
 # Attribute paths (from the loaded CausalLM) where decoder stacks live, most common first. Multimodal Gemma-3
 # checkpoints nest the text stack under a language model.
 LAYER_PATHS = (
@@ -203,6 +207,10 @@ def load(folder: str | Path, dtype: str = "auto", device: str = "auto"):
     model.eval()
     log.info("loaded %s (%s) from %s as %s on %s", info["key"], info["kind"], folder, dtype, device)
     return model, tokenizer
+
+
+def shares_prefix_cache(model) -> bool:
+    return model.config.model_type in PREFIX_CACHE_FAMILIES
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:

@@ -95,13 +95,14 @@ class SpanPerturber:
         self._handles = []
         self._plan: list[tuple[int, int, TrialPerturbation]] = []
 
-    def set_batch(self, trials: Sequence[TrialPerturbation | None], pad_offsets: Sequence[int]) -> None:
-        """trials[b] perturbs row b, whose prompt starts after pad_offsets[b] left-padding tokens."""
-        if len(trials) != len(pad_offsets):
-            raise ValueError("one pad offset per trial is required")
+    def set_batch(self, trials: Sequence[TrialPerturbation | None], offsets: Sequence[int]) -> None:
+        """trials[b] perturbs row b, whose prompt token 0 sits at column offsets[b]: the left padding, or a
+        negative number when the row holds only the suffix of its prompt (its prefix is in a key/value cache)."""
+        if len(trials) != len(offsets):
+            raise ValueError("one offset per trial is required")
         self._plan = [
             (row, offset, trial)
-            for row, (trial, offset) in enumerate(zip(trials, pad_offsets))
+            for row, (trial, offset) in enumerate(zip(trials, offsets))
             if trial is not None and not all(span.is_noop for span in trial.spans)
         ]
 
@@ -121,6 +122,8 @@ class SpanPerturber:
                     generator = torch.Generator(device=h.device)
                     generator.manual_seed(derive_seed(trial.seed, layer, site, index))
                     a, b = offset + span.start, offset + span.end
+                    if a < 0:  # the span would reach into a cached prefix, which this pass cannot change
+                        raise ValueError(f"span [{span.start}, {span.end}) starts before row {row}'s first token")
                     new[row, a:b] = perturb(h[row, a:b], span.kind, span.strength, generator)
             return (new, *output[1:]) if isinstance(output, tuple) else new
 

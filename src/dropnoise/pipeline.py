@@ -151,6 +151,7 @@ def run_shard(model_key: str, model_dir: str, prompt_file: str, experiment: str,
         batch_size=entry.get("batch_size", config["inference"]["batch_size"]),
         sites=perturbation["sites"],
         layers=perturbation["layers"],
+        prefix_cache=config["inference"].get("prefix_cache", True),
     )
     frame = pd.DataFrame(rows)
     frame.insert(0, "experiment", experiment)

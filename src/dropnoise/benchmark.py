@@ -1,0 +1,124 @@
+"""Measuring the engine against the reference way of running (benchmarks/engine_vs_naive.py).
+
+The reference is the authors' toolkit's loop: one trial and one condition per forward pass, batch 1, the whole
+prompt recomputed, logits at every position. Speed does not depend on the weights, so a paper architecture can be
+built with random weights straight on the device from its published dimensions (benchmarks/configs/*.json).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from . import engine, prompts, scoring
+from .perturb import SpanPerturber
+
+
+def random_model(config_file: str | Path, device: str, dtype: torch.dtype, layers: int | None = None):
+    """A randomly initialised model of a published architecture, built on `device` (no download). `layers` keeps
+    only the first layers (to try the path on a small machine)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    spec = json.loads(Path(config_file).read_text())
+    if layers is not None:
+        spec["num_hidden_layers"] = layers
+        if "layer_types" in spec:
+            spec["layer_types"] = spec["layer_types"][:layers]
+    config = AutoConfig.for_model(**spec)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.eval()
+
+
+def reference_run(model, tokenizer, trials: list[dict], conditions: list[dict], letters, seed: int,
+                  sites=("attn", "mlp"), layers=None, work: engine.Work | None = None) -> list[dict]:
+    """The reference loop, with the engine's hooks and seeds (so predictions are comparable row by row)."""
+    tokens = prompts.option_tokens(tokenizer, letters)
+    device = model.get_input_embeddings().weight.device
+    rows = []
+    with SpanPerturber(model, sites=sites, layers=layers) as perturber, torch.inference_mode():
+        for condition in conditions:
+            for trial in trials:
+                if not engine.applies(trial, condition):
+                    continue
+                ids = prompts.tokenize(tokenizer, trial["text"])[0]
+                perturber.set_batch([engine.trial_perturbation(trial, condition, seed)], [0])
+                logits = model(input_ids=torch.tensor([ids], device=device)).logits
+                (score,) = scoring.score(logits[:, -1, :], [trial["answer"]], tokens, tokenizer.decode)
+                rows.append({"trial_id": trial["trial_id"], **engine.condition_columns(trial, condition), **score})
+                if work is not None:
+                    work.rows += 1
+                    work.passes += 1
+                    work.prompt_tokens += len(ids)
+                    work.computed_tokens += len(ids)
+    return rows
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_flops(device: torch.device, dtype: torch.dtype, size: int, seconds: float = 2.0) -> float:
+    """The machine's measured dense matmul throughput (FLOP/s) for square matrices of `size` in `dtype`."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    torch.matmul(a, b)  # warm-up
+    synchronize(device)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.matmul(a, b)
+        count += 1
+        synchronize(device)
+    return 2 * size**3 * count / (time.perf_counter() - start)
+
+
+def matmul_parameters(model) -> int:
+    """Weights that multiply every token: the decoder layers' matrices (not the embedding lookup, not the head)."""
+    layers = model.get_decoder().layers if hasattr(model, "get_decoder") else model.model.layers
+    return sum(p.numel() for p in layers.parameters() if p.dim() >= 2)
+
+
+def forward_flops(model, work: engine.Work, head_positions: int) -> float:
+    """2 x matmul weights per computed token, plus the vocabulary head at `head_positions` positions; attention
+    scores are not counted (a few percent at these prompt lengths), so utilisation is a lower bound."""
+    config = model.config.get_text_config(decoder=True)
+    return 2.0 * matmul_parameters(model) * work.computed_tokens + 2.0 * config.hidden_size * config.vocab_size * head_positions
+
+
+class PeakMemory:
+    """Peak memory of a block: allocated bytes on CUDA, resident set size (sampled every 5 ms) on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak, self._stop = device, 0, threading.Event()
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self.peak = self._rss()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+        return False

@@ -1,0 +1,123 @@
+"""Prefix reuse: running each trial's unperturbed prefix once and its suffix under every condition gives the scores
+of full recompute, on tiny models of every family (sliding-window layers and post-norms included), for
+localization prompts (one span) and few-shot prompts (several perturbed spans, the first one early)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from conftest import FAMILIES, ROOT, build_tiny
+from dropnoise import engine, models, prompts, sentences, tasks
+from dropnoise.labels import load_aliases
+
+SCORES = ("logit_A", "logit_B", "prob_A", "sum_prob_B", "logit_diff", "log_prob_correct", "entropy")
+PREDICTIONS = ("pred_primary", "pred_aggregate", "pred_argmax")
+
+
+def template(name):
+    return prompts.load_template(ROOT / f"data/prompts/{name}.yaml", tasks.PLACEHOLDERS[name])
+
+
+@pytest.fixture(scope="module")
+def pool(smol_tokenizer):
+    grammar = sentences.Grammar(ROOT / "data/synthetic_grammar.yaml")
+    return sentences.bucket(grammar.sentences(seed=6), smol_tokenizer, [7, 15], 12, 50_000)
+
+
+@pytest.fixture(scope="module")
+def shapes(smol_tokenizer, pool):
+    """Trials and conditions of two prompt shapes; prompt lengths vary within each, prefixes exceed the tiny
+    models' sliding window (16 tokens)."""
+    localization = tasks.localization_trials(smol_tokenizer, template("localization"), pool, [7, 15], 3, seed=5)
+    settings = {"bucket": 15, "k": [1, 2], "label_conditions": ["correct", "empty"], "aliases": ["x_y"],
+                "samples_per_condition": 2}
+    aliases = load_aliases(ROOT / "data/aliases.yaml")
+    few_shot = tasks.few_shot_trials(smol_tokenizer, template("few_shot"), pool, aliases, settings, seed=5)
+    return {
+        "localization": (localization, [{"target": "dropout", "dropout": 0.0}, {"target": "dropout", "dropout": 0.5},
+                                        {"target": "noise", "noise": 0.0}, {"target": "noise", "noise": 2.0}]),
+        "few_shot": (few_shot, [{"dropout": 0.0, "noise": 0.0}, {"dropout": 0.4, "noise": 0.0},
+                                {"dropout": 0.4, "noise": 1.5}]),
+    }
+
+
+def run(model, tokenizer, trials, conditions, prefix_cache, batch_size=5):
+    work = engine.Work()
+    rows = engine.run(model, tokenizer, trials, conditions, ("A", "B"), seed=2, batch_size=batch_size,
+                      progress=False, prefix_cache=prefix_cache, work=work)
+    return pd.DataFrame(rows), work
+
+
+@pytest.mark.parametrize("shape", ["localization", "few_shot"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prefix_reuse_matches_full_recompute(family, shape, shapes, smol_tokenizer):
+    trials, conditions = shapes[shape]
+    model = build_tiny(family, vocab_size=len(smol_tokenizer), n_layers=3)
+    assert models.shares_prefix_cache(model)
+    full, full_work = run(model, smol_tokenizer, trials, conditions, prefix_cache=False)
+    cached, work = run(model, smol_tokenizer, trials, conditions, prefix_cache=True)
+    assert work.computed_tokens < full_work.computed_tokens  # the prefixes really were reused
+    assert work.passes == full_work.passes and len(cached) == len(trials) * len(conditions)
+    for column in SCORES:
+        assert cached[column].to_numpy() == pytest.approx(full[column].to_numpy(), abs=1e-4, rel=1e-4), column
+    for column in PREDICTIONS:
+        assert (cached[column] == full[column]).all()
+    clean = full[full.strength == 0].set_index(["trial_id", "perturbation"]).logit_A
+    perturbed = full[full.strength > 0].set_index(["trial_id", "perturbation"]).logit_A
+    assert (clean.groupby("trial_id").first() != perturbed.groupby("trial_id").first()).all()  # spans did matter
+
+
+def test_batch_size_does_not_change_cached_scores(shapes, smol_tokenizer):
+    trials, conditions = shapes["few_shot"]
+    model = build_tiny("gemma3", vocab_size=len(smol_tokenizer), n_layers=3)
+    one, _ = run(model, smol_tokenizer, trials, conditions, prefix_cache=True, batch_size=1)
+    many, _ = run(model, smol_tokenizer, trials, conditions, prefix_cache=True, batch_size=7)
+    for column in SCORES:
+        assert one[column].to_numpy() == pytest.approx(many[column].to_numpy(), abs=1e-4, rel=1e-4), column
+
+
+def test_unproven_family_falls_back_to_full_recompute_and_says_so(shapes, smol_tokenizer, monkeypatch, caplog):
+    trials, conditions = shapes["localization"]
+    model = build_tiny("olmo2", vocab_size=len(smol_tokenizer))
+    cached, _ = run(model, smol_tokenizer, trials, conditions, prefix_cache=True)
+    monkeypatch.setattr(models, "PREFIX_CACHE_FAMILIES", models.PREFIX_CACHE_FAMILIES - {"olmo2"})
+    with caplog.at_level("WARNING"):
+        fallback, work = run(model, smol_tokenizer, trials, conditions, prefix_cache=True)
+    assert "prefix reuse is off for model type 'olmo2'" in caplog.text
+    assert work.computed_tokens >= work.prompt_tokens  # every pass ran the whole prompt
+    for column in SCORES:
+        assert fallback[column].to_numpy() == pytest.approx(cached[column].to_numpy(), abs=1e-4, rel=1e-4), column
+
+
+def test_split_point_keeps_every_perturbable_span_and_the_last_token_in_the_suffix():
+    trial = {"n_prompt_tokens": 30, "spans": [{"start": 4, "end": 9, "kind": "none"},
+                                              {"start": 12, "end": 20, "kind": "dropout"},
+                                              {"start": 22, "end": 27, "kind": "noise"}]}
+    assert engine.split_point(trial) == 12  # an always-clean span may sit in the prefix
+    assert engine.split_point({"n_prompt_tokens": 30, "spans": [{"start": 30, "end": 30, "kind": "target"}]}) == 29
+
+
+def test_auto_batch_size_follows_free_memory():
+    model = build_tiny("llama", vocab_size=1000)
+    assert engine.auto_batch_size(model, 500, free=10**12) == engine.AUTO_BATCH_CAP["cpu"]
+    small = engine.auto_batch_size(model, 500, free=20_000_000)
+    assert 1 <= small < engine.AUTO_BATCH_CAP["cpu"]
+    assert engine.auto_batch_size(model, 500, free=1) == 1
+    assert engine.auto_batch_size(model, 500) >= 1  # this machine's own free memory
+
+
+def test_engine_agrees_with_the_reference_loop(shapes, smol_tokenizer):
+    """The benchmark's reference (batch 1, whole prompt, every condition run on its own) scores like the engine."""
+    from dropnoise import benchmark
+
+    trials, conditions = shapes["localization"]
+    model = build_tiny("qwen3", vocab_size=len(smol_tokenizer))
+    ours, _ = run(model, smol_tokenizer, trials, conditions, prefix_cache=True)
+    reference = pd.DataFrame(benchmark.reference_run(model, smol_tokenizer, trials, conditions, ("A", "B"), seed=2))
+    key = ["trial_id", "perturbation", "strength"]
+    merged = ours.merge(reference, on=key, suffixes=("", "_ref"))
+    assert len(merged) == len(ours) == len(reference)
+    for column in ("logit_A", "logit_B", "entropy"):
+        assert merged[column].to_numpy() == pytest.approx(merged[f"{column}_ref"].to_numpy(), abs=1e-4, rel=1e-4)
+    assert (merged.pred_argmax == merged.pred_argmax_ref).all()
