@@ -147,4 +147,13 @@ def test_tiny_preset_end_to_end(tmp_path):
         assert (few.perturbation == few.target).all() and cells.sum() == len(few)
         grid = json.loads((work / f"results/{model}/strength_grid.json").read_text())
         assert grid["source"] == "auto" and len(grid["dropout"]) == preset["strength_grid"]["points"]
+        dens = pd.read_csv(work / f"results/{model}/density.csv")
+        pool = pd.read_csv(work / f"results/{model}/sentences.csv")
+        assert dens.sentence_id.tolist() == pool.sentence_id.tolist()
+        assert dens[["log_density", "log_density_x0.5", "log_density_x2", "clean_nll"]].notna().all().all()
+    dependence = pd.read_csv(work / "results/stats/density_dependence.csv")
+    assert len(dependence) == len(preset["run"]["models"]) * 3 * 2 * len(preset["density"]["bandwidth"]["scales"])
+    assert set(dependence.experiment) == {"localization", "zero_shot", "few_shot"}
+    for stem in ("density_deciles", "density_odds_ratios"):
+        assert (work / f"paper_figures/{stem}.png").stat().st_size and (work / f"paper_figures/{stem}.pdf").exists()
     assert not list(work.rglob("*.tmp"))

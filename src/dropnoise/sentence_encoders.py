@@ -46,11 +46,23 @@ def minilm_folder() -> Path:
 
 
 def _batches(tokenizer, sentences: list[str], batch_size: int, device):
+    """Right-padded batches of sentences of similar length (less padding); `_restore` undoes the order."""
     tokenizer.padding_side = "right"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    for start in range(0, len(sentences), batch_size):
-        yield tokenizer(sentences[start : start + batch_size], return_tensors="pt", padding=True).to(device)
+    ordered = [sentences[i] for i in _length_order(sentences)]
+    for start in range(0, len(ordered), batch_size):
+        yield tokenizer(ordered[start : start + batch_size], return_tensors="pt", padding=True).to(device)
+
+
+def _length_order(sentences: list[str]) -> np.ndarray:
+    return np.argsort([len(s) for s in sentences], kind="stable")
+
+
+def _restore(values: np.ndarray, sentences: list[str]) -> np.ndarray:
+    out = np.empty_like(values)
+    out[_length_order(sentences)] = values
+    return out
 
 
 def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
@@ -68,7 +80,7 @@ def minilm_embeddings(sentences: list[str], batch_size: int = 64, device: str = 
     encoder = AutoModel.from_pretrained(folder).to(device).eval()
     parts = [_mean_pool(encoder(**batch).last_hidden_state, batch["attention_mask"])
              for batch in _batches(tokenizer, sentences, batch_size, device)]
-    return np.concatenate(parts)
+    return _restore(np.concatenate(parts), sentences)
 
 
 @torch.no_grad()
@@ -88,6 +100,6 @@ def lm_features(model, tokenizer, sentences: list[str], batch_size: int = 16) ->
         token_nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
         counts = mask.sum(1)
         nll.append(((token_nll * mask).sum(1) / counts.clamp(min=1)).cpu().numpy())
-        scored.append(counts.cpu().numpy())
+        scored.append(counts.cpu().numpy().astype(int))
         pooled.append(_mean_pool(out.hidden_states[-1], batch["attention_mask"]))
-    return np.concatenate(nll), np.concatenate(scored).astype(int), np.concatenate(pooled)
+    return tuple(_restore(np.concatenate(part), sentences) for part in (nll, scored, pooled))
