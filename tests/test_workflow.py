@@ -154,6 +154,10 @@ def test_tiny_preset_end_to_end(tmp_path):
         assert grid["source"] == "auto" and len(grid["dropout"]) == preset["strength_grid"]["points"]
         for figure in ("fig4_zero_shot", "fig5_few_shot_heatmap", "fig6_flipped_labels"):
             assert (work / f"paper_figures/{model}/{figure}.png").stat().st_size > 10_000
+        dens = pd.read_csv(work / f"results/{model}/density.csv")
+        pool = pd.read_csv(work / f"results/{model}/sentences.csv")
+        assert dens.sentence_id.tolist() == pool.sentence_id.tolist()
+        assert dens[["log_density", "log_density_x0.5", "log_density_x2", "clean_nll"]].notna().all().all()
 
     tests = pd.read_csv(work / "results/stats/condition_tests.csv")
     assert set(tests.model) == set(preset["run"]["models"]) and set(tests.experiment) == set(preset["run"]["experiments"])
@@ -169,4 +173,9 @@ def test_tiny_preset_end_to_end(tmp_path):
     snakemake("--report", "report.html", "--configfile", "presets/ci.yaml", cwd=work)
     report = (work / "report.html").read_text()
     assert "Produced by the configuration config.yaml + presets/ci.yaml" in report
+    dependence = pd.read_csv(work / "results/stats/density_dependence.csv")
+    assert len(dependence) == len(preset["run"]["models"]) * 3 * 2 * len(preset["density"]["bandwidth"]["scales"])
+    assert set(dependence.experiment) == {"localization", "zero_shot", "few_shot"}
+    for stem in ("density_deciles", "density_odds_ratios"):
+        assert (work / f"paper_figures/{stem}.png").stat().st_size and (work / f"paper_figures/{stem}.pdf").exists()
     assert not list(work.rglob("*.tmp"))

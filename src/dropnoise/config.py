@@ -76,6 +76,9 @@ def check(config: dict, root: str | Path = ".") -> None:
                     problems.append(f"figures.{field}: unknown alias(es) {unknown}; see {config['aliases']}")
     if config["sentences"]["source"] == "file" and not (root / config["sentences"]["path"]).exists():
         problems.append(f"sentences.path: file '{config['sentences']['path']}' does not exist")
+    corpus = config["density"]["corpus"]
+    if config["density"]["enabled"] and corpus["source"] == "file" and not (root / corpus["path"]).exists():
+        problems.append(f"density.corpus.path: file '{corpus['path']}' does not exist")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 

@@ -7,6 +7,8 @@ import hashlib
 
 PERTURBATIONS = ("dropout", "noise")
 RULES = ("primary", "aggregate", "argmax")  # scoring rules, see scoring.py
+# Experiments whose trials perturb a sentence of the model's pool (results/{model}/sentences.csv).
+POOL_EXPERIMENTS = ("localization", "zero_shot", "few_shot")
 
 
 def derive_seed(*parts) -> int:

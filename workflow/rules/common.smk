@@ -11,6 +11,7 @@ try:
     from dropnoise.labels import load_aliases
     from dropnoise.outputs import config_hash
     from dropnoise.vocabulary import STATS_TABLES
+    from dropnoise.vocabulary import POOL_EXPERIMENTS
 except ImportError as err:
     raise ImportError(
         "the dropnoise library is not installed in this Python; run `make install` (or `pip install -e .`)"
@@ -72,7 +73,7 @@ def all_targets():
         for model in figure_models(name)
         for ext in ("pdf", "png")
     ]
-    return per_experiment + tables + figures
+    return per_experiment + tables + figures + density_targets()
 
 
 def ran(model, experiment):
@@ -136,10 +137,17 @@ def model_figure_inputs(wildcards):
 
 
 def provenance(wildcards):
-    """What a report caption says about the configuration that produced a result."""
+    """The sentence every report caption ends with: the model, and the configuration that produced the result."""
     overlays = [os.path.relpath(f, workflow.basedir) for f in workflow.configfiles]
-    files = ["config.yaml", *[f for f in overlays if f != "config.yaml"]]
-    return {"configfiles": " + ".join(files), "hash": config_hash(config)}
+    files = " + ".join(["config.yaml", *[f for f in overlays if f != "config.yaml"]])
+    model = f"Model: **{wildcards.model}**. " if hasattr(wildcards, "model") else ""
+    stats = config["stats"]
+    return (
+        f"{model}Produced by the configuration {files} (hash ``{config_hash(config)}``): "
+        f"models {', '.join(config['run']['models'])}; experiments {', '.join(config['run']['experiments'])}; "
+        f"scoring rule ``{stats['rule']}``; {stats['correction']} correction at alpha = {stats['alpha']}; "
+        f"seed {config['seed']}. Per-trial data: ``results/{{model}}/{{experiment}}.csv``."
+    )
 
 
 # Registry fields that determine a model folder; scheduling fields (gpus, mem_mb, runtime, batch_size, grids)
@@ -229,3 +237,49 @@ def model_mem_mb(wildcards, attempt):
 
 def model_runtime(wildcards, attempt):
     return config["models"][wildcards.model].get("runtime", 60) * attempt
+
+
+# Data density (workflow/rules/density.smk): per model a density table; over every model and every run experiment
+# that perturbs pool sentences, the regression table and its figures.
+DENSITY_FIGURES = ("paper_figures/density_deciles", "paper_figures/density_odds_ratios")
+
+
+def density_experiments():
+    return [e for e in config["run"]["experiments"] if e in POOL_EXPERIMENTS]
+
+
+def density_targets():
+    if not config["density"]["enabled"]:
+        return []
+    targets = [f"results/{model}/density.csv" for model in config["run"]["models"]]
+    if density_experiments():
+        targets += ["results/stats/density_dependence.csv", *(f"{stem}.png" for stem in DENSITY_FIGURES)]
+    return targets
+
+
+def density_corpus_inputs(wildcards):
+    """The targets to leave out, and the file the reference sentences are drawn from."""
+    corpus = config["density"]["corpus"]
+    inputs = {"sentences": f"results/{wildcards.model}/sentences.csv"}
+    source = config["sentences"] if corpus["source"] == "pool" else corpus
+    if source["source"] == "synthetic":
+        inputs["grammar"] = config["sentences"].get("grammar", "data/synthetic_grammar.yaml")
+    elif source["source"] == "file":
+        inputs["sentences_file"] = source["path"]
+    return inputs
+
+
+def density_corpus_setting(wildcards):
+    return {"corpus": config["density"]["corpus"], "seed": config["density"]["seed"], "pool": config["sentences"]}
+
+
+def density_dependence_inputs(wildcards):
+    """Trial tables model-major (the order density_pipeline.joined_tables reads them in) and density tables."""
+    return {
+        "trials": [
+            f"results/{model}/{experiment}.csv"
+            for model in config["run"]["models"]
+            for experiment in density_experiments()
+        ],
+        "density": [f"results/{model}/density.csv" for model in config["run"]["models"]],
+    }

@@ -1,0 +1,176 @@
+"""Data density: the log-space KDE against direct computations, the k-NN bandwidth, the reference corpus, the
+encoders, the per-trial regression (a planted density effect is recovered, shuffled density shows none), the
+source contrast, the figures, and config errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from scipy.stats import gaussian_kde
+from sklearn.neighbors import KernelDensity
+
+from conftest import ROOT, build_tiny
+from dropnoise import density, density_dependence, density_figures, sentence_encoders
+from test_workflow import snakemake
+
+
+def test_log_kde_equals_direct_computation_and_libraries():
+    rng = np.random.default_rng(0)
+    reference, queries = rng.normal(size=(300, 5)), rng.normal(size=(40, 5))
+    h = 0.8
+    direct = np.log([
+        np.mean(np.exp(-((q - reference) ** 2).sum(1) / (2 * h**2))) / (2 * np.pi * h**2) ** 2.5 for q in queries
+    ])
+    ours = density.log_kde(queries, reference, h)
+    np.testing.assert_allclose(ours, direct, rtol=1e-10)
+    np.testing.assert_allclose(ours, KernelDensity(bandwidth=h).fit(reference).score_samples(queries), rtol=1e-8)
+    # one dimension: scipy's gaussian_kde with its bandwidth factor set to h / std
+    line = rng.normal(size=200)
+    scipy_kde = gaussian_kde(line, bw_method=h / line.std(ddof=1))
+    np.testing.assert_allclose(density.log_kde(line[:20, None], line[:, None], h), scipy_kde.logpdf(line[:20]),
+                               rtol=1e-10)
+
+
+def test_log_kde_stays_exact_where_a_linear_sum_underflows():
+    reference = np.zeros((1, 384))
+    query = np.full((1, 384), 0.5)  # squared distance 96: exp(-96 / (2 * 0.1**2)) underflows to 0
+    h = 0.1
+    expected = -96 / (2 * h**2) - 0.5 * 384 * np.log(2 * np.pi * h**2)
+    assert density.log_kde(query, reference, h)[0] == pytest.approx(expected, rel=1e-12)
+    assert np.isfinite(expected)
+
+
+def test_knn_bandwidth_is_the_median_kth_neighbour_distance():
+    points = np.arange(50, dtype=float)[:, None]  # spacing 1: the 2nd neighbour of an inner point is 1 away
+    assert density.knn_bandwidth(points, k=2, sample=50, seed=0) == 1.0
+    assert density.knn_bandwidth(points, k=4, sample=50, seed=0) == 2.0
+    with pytest.raises(density.DensityError, match="more than k=5"):
+        density.knn_bandwidth(points[:5], k=5, sample=5, seed=0)
+
+
+def test_reference_corpus_leaves_out_targets_and_duplicates():
+    candidates = iter(["a b.", "target one.", "a b.", "c d.", "target two.", "e f.", "g h."])
+    corpus = density.reference_corpus(candidates, ["target one.", "target two."], size=3, max_candidates=100)
+    assert corpus == ["a b.", "c d.", "e f."]
+    with pytest.raises(density.DensityError, match="1 sentence"):
+        density.reference_corpus(iter(["x.", "t."]), ["t."], size=3, max_candidates=100)
+
+
+def test_density_table_has_a_column_per_bandwidth_scale():
+    rng = np.random.default_rng(1)
+    targets = pd.DataFrame({"sentence_id": ["a", "b"]})
+    table, facts = density.density_table(targets, rng.normal(size=(2, 3)), rng.normal(size=(100, 3)), k=5,
+                                         scales=[0.5, 1, 2], sample=100, seed=0)
+    assert list(table.columns) == ["sentence_id", "log_density_x0.5", "log_density", "log_density_x2"]
+    assert facts["bandwidth"] > 0 and facts["n_reference"] == 100
+
+
+def test_minilm_embeds_paraphrases_closer_than_unrelated_sentences():
+    vectors = sentence_encoders.minilm_embeddings(
+        ["The cat sleeps on the sofa.", "A cat is sleeping on the couch.", "Interest rates rose in March."]
+    )
+    assert vectors.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, rtol=1e-5)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3
+
+
+def test_lm_features_are_batch_independent_and_match_the_models_loss(smol_tokenizer):
+    model = build_tiny("llama", vocab_size=len(smol_tokenizer))
+    sentences = ["The committee postponed the vote until next spring.", "Cats sleep."]  # long first: reordered
+    nll, scored, pooled = sentence_encoders.lm_features(model, smol_tokenizer, sentences, batch_size=2)
+    for i, sentence in enumerate(sentences):
+        alone = sentence_encoders.lm_features(model, smol_tokenizer, [sentence], batch_size=1)
+        np.testing.assert_allclose(alone[0], nll[i : i + 1], rtol=1e-4)
+        np.testing.assert_allclose(alone[2], pooled[i : i + 1], atol=1e-5)
+        ids = torch.tensor([smol_tokenizer(sentence).input_ids])
+        with torch.no_grad():
+            assert model(ids, labels=ids).loss.item() == pytest.approx(nll[i], rel=1e-4)
+        assert scored[i] == ids.shape[1] - 1
+
+
+def planted_trials(effect: float, n_sentences: int = 60, per_sentence: int = 12, seed: int = 0) -> pd.DataFrame:
+    """Trials whose log-odds of a correct answer rise by `effect` per SD of their sentence's log density, with
+    strength and position effects and a clean NLL unrelated to the outcome."""
+    rng = np.random.default_rng(seed)
+    sentences = pd.DataFrame({
+        "sentence_id": [f"s{i}" for i in range(n_sentences)],
+        "sentence_tokens": rng.choice([3, 7, 11], n_sentences),
+        "log_density": rng.normal(-50, 5, n_sentences),
+        "clean_nll": rng.normal(4, 1, n_sentences),
+        "source": "synthetic",
+    })
+    trials = sentences.loc[sentences.index.repeat(per_sentence)].reset_index(drop=True)
+    trials["strength"] = rng.choice([0.2, 0.5, 0.8], len(trials))
+    trials["answer"] = rng.choice(["A", "B"], len(trials))
+    logit = effect * (trials.log_density + 50) / 5 + (trials.strength - 0.5) + 0.3 * (trials.answer == "A")
+    trials["correct"] = (rng.random(len(trials)) < 1 / (1 + np.exp(-logit))).astype(int)
+    return trials.assign(perturbation="dropout", n_tokens=trials.sentence_tokens, position=trials.answer,
+                         prob_A=0.5, prob_B=0.5)
+
+
+def test_regression_recovers_a_planted_density_effect():
+    fit = density_dependence.fit_density(planted_trials(0.8), "log_density", permutations=50, seed=1)
+    assert fit["status"] == "ok"
+    assert fit["ci_low"] < np.exp(0.8) < fit["ci_high"] and fit["ci_low"] > 1.3
+    assert fit["lr_p"] < 1e-6 and fit["wald_p"] < 1e-6
+    assert fit["permutation_p"] == pytest.approx(1 / 51)  # no shuffle beats the real densities
+    assert "n_tokens" in fit["formula"] and "clean_nll" in fit["formula"]
+
+
+def test_regression_finds_no_effect_in_shuffled_density():
+    trials = planted_trials(0.8)
+    per_sentence = trials.groupby("sentence_id").log_density.first()
+    shuffled = pd.Series(np.random.default_rng(5).permutation(per_sentence.to_numpy()), per_sentence.index)
+    fit = density_dependence.fit_density(trials.assign(log_density=trials.sentence_id.map(shuffled)), "log_density",
+                                         permutations=50, seed=1)
+    assert fit["ci_low"] < 1 < fit["ci_high"]
+    assert fit["lr_p"] > 0.05 and fit["permutation_p"] > 0.05
+
+
+def test_permutation_stays_within_strata():
+    sentences = pd.DataFrame({"value": np.arange(8.0), "stratum": [3, 3, 3, 7, 7, 7, 7, 11]})
+    shuffled = density_dependence.permute_within(sentences, "value", "stratum", np.random.default_rng(0))
+    for _, group in sentences.groupby("stratum"):
+        assert sorted(shuffled[group.index]) == sorted(group.value)
+
+
+def test_constant_terms_leave_the_formula_and_degenerate_tables_are_reported():
+    trials = planted_trials(0.5).assign(n_tokens=15, strength=0.3)
+    text = density_dependence.formula(trials)
+    assert text == "correct ~ z_density + clean_nll + C(position)"
+    fit = density_dependence.fit_density(trials.assign(correct=1), "log_density", 10, 0)
+    assert "same outcome" in fit["status"] and "odds_ratio" not in fit
+
+
+def test_source_contrast_compares_sources_at_matched_strength():
+    synthetic, natural = planted_trials(0.0, seed=1), planted_trials(0.0, seed=2)
+    natural = natural.assign(source="natural", sentence_id="n" + natural.sentence_id,
+                             correct=(np.random.default_rng(3).random(len(natural)) < 0.9).astype(int))
+    table = density_dependence.source_contrast({("m", "localization"): pd.concat([synthetic, natural])})
+    assert set(table.source) == {"natural", "synthetic"} and len(table) == 3 * 2
+    assert (table.source_p < 1e-6).all() and (table.status == "ok").all()
+    alone = density_dependence.source_contrast({("m", "localization"): synthetic})
+    assert alone.source_p.isna().all() and alone.status.str.contains("one source").all()
+
+
+def test_figures_draw_every_strength_and_every_fit():
+    trials = planted_trials(0.8)
+    deciles = density_figures.deciles_figure({("m", "localization"): trials})
+    panel = deciles.axes[0]
+    assert len(panel.lines) == trials.strength.nunique() + 1  # one per strength, plus chance
+    trials = trials.assign(**{"log_density_x0.5": 2 * trials.log_density, "log_density_x2": trials.log_density / 2})
+    fits = density_dependence.density_dependence({("m", "localization"): trials}, [0.5, 1, 2], "primary", 0, 0)
+    forest = density_figures.forest_figure(fits)
+    assert [t.get_text() for t in forest.axes[0].get_yticklabels()] == ["m · localization · dropout"]
+
+
+def test_bad_density_config_fails_with_the_key(tmp_path):
+    paper = yaml.safe_load((ROOT / "config.yaml").read_text())
+    paper["density"]["bandwidth"]["scales"] = [0.5, 2]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(paper))
+    out = snakemake("-n", "--configfile", str(path), check=False)
+    assert out.returncode != 0 and "scales" in out.stdout + out.stderr

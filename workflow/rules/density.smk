@@ -1,0 +1,110 @@
+# Data-density dependence (README "Data density"; src/dropnoise/density*.py). On with `density: {enabled: true}`.
+
+
+# May read WikiText from the datasets hub (corpus source wikitext), so it runs where the network is.
+rule density_corpus:
+    input:
+        unpack(density_corpus_inputs),
+    output:
+        "results/{model}/density/corpus.csv",
+    log:
+        "logs/density_corpus/{model}.log",
+    conda:
+        "../../envs/inference.yaml"
+    params:
+        setting=density_corpus_setting,
+    localrule: True
+    script:
+        "../scripts/density_corpus.py"
+
+
+# Loads the model (clean NLL, and embeddings with encoder: model) and the sentence encoder: sized like inference.
+rule density_features:
+    input:
+        model=model_folder,
+        sentences="results/{model}/sentences.csv",
+        corpus="results/{model}/density/corpus.csv",
+    output:
+        "results/{model}/density/features.npz",
+    log:
+        "logs/density_features/{model}.log",
+    conda:
+        "../../envs/inference.yaml"
+    params:
+        encoder=config["density"]["encoder"],
+        inference=inference_settings,
+    threads: 4
+    resources:
+        gpu=model_gpus,
+        mem_mb=model_mem_mb,
+        runtime=model_runtime,
+    script:
+        "../scripts/density_features.py"
+
+
+rule density:
+    input:
+        sentences="results/{model}/sentences.csv",
+        features="results/{model}/density/features.npz",
+    output:
+        csv="results/{model}/density.csv",
+        facts="results/{model}/density.json",
+    log:
+        "logs/density/{model}.log",
+    conda:
+        "../../envs/density.yaml"
+    params:
+        bandwidth=config["density"]["bandwidth"],
+    localrule: True
+    script:
+        "../scripts/density.py"
+
+
+rule density_dependence:
+    input:
+        unpack(density_dependence_inputs),
+    output:
+        dependence="results/stats/density_dependence.csv",
+        contrast="results/stats/density_source_contrast.csv",
+    log:
+        "logs/density_dependence.log",
+    conda:
+        "../../envs/density.yaml"
+    params:
+        models=config["run"]["models"],
+        experiments=density_experiments(),
+        rule=config["density"]["rule"],
+        permutations=config["density"]["permutations"],
+    localrule: True
+    script:
+        "../scripts/density_dependence.py"
+
+
+rule density_figures:
+    input:
+        unpack(density_dependence_inputs),
+        dependence="results/stats/density_dependence.csv",
+    output:
+        deciles=report(
+            "paper_figures/density_deciles.png",
+            caption="../report/density_deciles.rst",
+            category="Data density",
+        ),
+        deciles_pdf="paper_figures/density_deciles.pdf",
+        odds_ratios=report(
+            "paper_figures/density_odds_ratios.png",
+            caption="../report/density_odds_ratios.rst",
+            category="Data density",
+        ),
+        odds_ratios_pdf="paper_figures/density_odds_ratios.pdf",
+    log:
+        "logs/density_figures.log",
+    conda:
+        "../../envs/density.yaml"
+    params:
+        models=config["run"]["models"],
+        experiments=density_experiments(),
+        provenance=provenance,
+    localrule: True
+    script:
+        "../scripts/density_figures.py"
