@@ -13,6 +13,7 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/prompts.smk"
 include: "workflow/rules/inference.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/probing.smk"
 
 
 rule all:

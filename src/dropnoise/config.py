@@ -69,6 +69,10 @@ def check(config: dict, root: str | Path = ".") -> None:
                         aliases.names(settings(config, key, name)["aliases"])
         except AliasError as err:
             problems.append(f"aliases: {err}")
+    if config["probes"]["enabled"]:
+        for name in config["probes"]["experiments"]:
+            if name not in config["run"]["experiments"]:
+                problems.append(f"probes.experiments: '{name}' is not in run.experiments (its runs are what is captured)")
     if config["sentences"]["source"] == "file" and not (root / config["sentences"]["path"]).exists():
         problems.append(f"sentences.path: file '{config['sentences']['path']}' does not exist")
     if problems:

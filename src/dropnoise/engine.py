@@ -7,6 +7,8 @@ its own seed under every condition, so a row does not depend on which trials sha
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from tqdm.auto import tqdm
 
@@ -101,8 +103,12 @@ def run(
     sites=("attn", "mlp"),
     layers=None,
     progress: bool = True,
+    capture=None,
 ) -> list[dict]:
-    """Score every trial under every condition; returns one tidy row per (trial, condition)."""
+    """Score every trial under every condition; returns one tidy row per (trial, condition).
+
+    capture: an optional capture.ActivationCapture, told about every forward pass (its hooks go in after the
+    perturbation hooks, so it records the perturbed residual stream)."""
     tokens = prompts.option_tokens(tokenizer, letters)
     encoded = [prompts.tokenize(tokenizer, t["text"])[0] for t in trials]
     for trial, ids in zip(trials, encoded):
@@ -118,7 +124,7 @@ def run(
     clean: dict[int, dict] = {}  # every no-op perturbation (p = 0, sigma = 0) is the same clean pass: run it once
     rows = []
     bar = tqdm(total=total, desc="forward passes", unit="batch", disable=not progress)
-    with SpanPerturber(model, sites=sites, layers=layers) as perturber, torch.inference_mode():
+    with SpanPerturber(model, sites=sites, layers=layers) as perturber, capture or nullcontext(), torch.inference_mode():
         for condition, members in plan:
             perturbations = {i: trial_perturbation(trials[i], condition, seed) for i in members}
             noop = {i for i, p in perturbations.items() if all(span.is_noop for span in p.spans)}
@@ -127,6 +133,8 @@ def run(
             for batch in _batches(todo, encoded, batch_size):
                 ids, mask, positions, offsets = pad_left([encoded[i] for i in batch], pad_id, device)
                 perturber.set_batch([perturbations[i] for i in batch], offsets)
+                if capture is not None:
+                    capture.set_batch([trials[i] for i in batch], condition, offsets)
                 out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
                 answers = [trials[i]["answer"] for i in batch]
                 scored.update(zip(batch, scoring.score(out.logits[:, -1, :], answers, tokens, tokenizer.decode)))

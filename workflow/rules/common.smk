@@ -38,6 +38,20 @@ def all_targets():
         for model in config["run"]["models"]
         for experiment in config["run"]["experiments"]
         for suffix in (".csv", ".summary.csv")
+    ] + probing_targets()
+
+
+def probing_targets():
+    """Inside the model (workflow/rules/probing.smk), only when `probes.enabled`."""
+    if not config["probes"]["enabled"]:
+        return []
+    return [
+        path
+        for model in config["run"]["models"]
+        for path in [
+            *(f"results/{model}/{table}.csv" for table in PROBE_TABLES),
+            *(f"paper_figures/{model}/{figure}.{ext}" for figure in PROBE_FIGURES for ext in ("pdf", "png")),
+        ]
     ]
 
 
