@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import ROOT, build_tiny
+
 from dropnoise import activations, capture, engine, prompts, sentences, tasks
 
 CONDITIONS = [

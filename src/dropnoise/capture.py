@@ -24,7 +24,6 @@ from .models import decoder_layers
 from .vocabulary import derive_seed
 
 
-
 @dataclass(frozen=True)
 class Selection:
     """Which rows to keep: a sample of trials, and per perturbation a subset of its strengths (0 always)."""
@@ -110,7 +109,7 @@ class ActivationCapture:
     def _hook(self, slot: int):
         def hook(module, args, output):
             if not self._batch:
-                return None
+                return
             h = output[0] if isinstance(output, tuple) else output
             for row, start, end, key in self._batch:  # left padding: every prompt ends at the last position
                 sites = torch.stack([h[row, -1], h[row, start:end].mean(0), h[row, end - 1]])
@@ -118,7 +117,7 @@ class ActivationCapture:
                 if buffer is None:
                     buffer = self.rows[key] = np.empty((len(SITES), len(self.selection.layers), h.shape[-1]), np.float16)
                 buffer[:, slot] = sites.float().cpu().numpy()
-            return None
+            return
 
         return hook
 

@@ -142,3 +142,38 @@ def model_mem_mb(wildcards, attempt):
 
 def model_runtime(wildcards, attempt):
     return config["models"][wildcards.model].get("runtime", 60) * attempt
+
+
+# Inside the model (workflow/rules/probing.smk).
+PROBE_TABLES = ("probes", "represented_vs_reported", "mutual_information")
+# figure -> the table it draws
+PROBE_FIGURES = {
+    "probes_accuracy": "probes",
+    "probes_represented_vs_reported": "represented_vs_reported",
+    "mi_layers": "mutual_information",
+}
+CAPTURED = config["probes"]["experiments"]
+
+
+def activation_files(wildcards):
+    """Every shard's activation file per captured experiment."""
+    return {
+        experiment: [
+            f"results/{wildcards.model}/shards/{experiment}/{i}.activations.npz"
+            for i in range(dnconfig.shard_count(config, wildcards.model, experiment))
+        ]
+        for experiment in CAPTURED
+    }
+
+
+def trial_inputs(wildcards):
+    return {f"trials_{experiment}": f"results/{wildcards.model}/{experiment}.csv" for experiment in CAPTURED}
+
+
+def probe_inputs(wildcards):
+    inputs = {f"activations_{experiment}": paths for experiment, paths in activation_files(wildcards).items()}
+    return {**inputs, **trial_inputs(wildcards)}
+
+
+def probe_figure_inputs(wildcards):
+    return {"table": f"results/{wildcards.model}/{PROBE_FIGURES[wildcards.probe_figure]}.csv"}

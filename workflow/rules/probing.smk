@@ -1,36 +1,6 @@
 # Inside the model (README "Inside the model"; src/dropnoise/{capture,probes,mutual_information}.py): the residual
 # stream captured during the inference runs, layer-wise probes, mutual information and their figures. Everything
 # here exists only when `probes.enabled`.
-PROBE_TABLES = ("probes", "represented_vs_reported", "mutual_information")
-PROBE_FIGURES = ("probes_accuracy", "probes_represented_vs_reported", "mi_layers")
-CAPTURED = config["probes"]["experiments"]
-
-
-def activation_files(wildcards):
-    """Every shard's activation file per captured experiment."""
-    return {
-        experiment: [
-            f"results/{wildcards.model}/shards/{experiment}/{i}.activations.npz"
-            for i in range(dnconfig.shard_count(config, wildcards.model, experiment))
-        ]
-        for experiment in CAPTURED
-    }
-
-
-def trial_inputs(wildcards):
-    return {f"trials_{experiment}": f"results/{wildcards.model}/{experiment}.csv" for experiment in CAPTURED}
-
-
-def probe_inputs(wildcards):
-    inputs = {f"activations_{experiment}": paths for experiment, paths in activation_files(wildcards).items()}
-    return {**inputs, **trial_inputs(wildcards)}
-
-
-def probe_figure_inputs(wildcards):
-    tables = {"probes_accuracy": "probes", "probes_represented_vs_reported": "represented_vs_reported",
-              "mi_layers": "mutual_information"}
-    return {"table": f"results/{wildcards.model}/{tables[wildcards.probe_figure]}.csv"}
-
 
 if config["probes"]["enabled"]:
 
