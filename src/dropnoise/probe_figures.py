@@ -21,6 +21,10 @@ def _panels(table: pd.DataFrame) -> list[tuple]:
     return sorted(map(tuple, keys.to_numpy()), key=lambda k: (k[0], order[k[1]], k[2]))
 
 
+def _row_title(experiment: str, task: str, perturbation: str) -> str:
+    return f"{experiment}\n{TASK_TITLES[task]} ({perturbation})"
+
+
 def _label(row) -> str:
     if row.perturbation == "matched":
         return f"p={row.dropout_strength:g} / σ={row.noise_strength:g}"
@@ -54,9 +58,10 @@ def probes_accuracy(table: pd.DataFrame, stem) -> None:
             ax.plot(shuffled.index, shuffled.to_numpy(), color="0.6", lw=0.8, label="shuffled labels")
             ax.axhline(0.5, **style.CHANCE_STYLE)
             ax.set_ylim(0.3, 1.02)
-            ax.set_title(f"{experiment}: {TASK_TITLES[task]} ({perturbation}), {SITE_TITLES[site]}", fontsize=6)
+            if r == 0:
+                ax.set_title(SITE_TITLES[site])
             if c == 0:
-                ax.set_ylabel("probe accuracy")
+                ax.set_ylabel(f"{_row_title(experiment, task, perturbation)}\nprobe accuracy", fontsize=6)
             if r == len(panels) - 1:
                 ax.set_xlabel("layer")
         axes[r, -1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=5)
@@ -96,8 +101,8 @@ def mi_layers(table: pd.DataFrame, stem) -> None:
     table = table[(table.site == "answer") & (table.bandwidth == bandwidth)].assign(
         excess=lambda t: t.nhsic_ty - t.nhsic_ty_null_mean)
     panels = _panels(table)
-    columns = [("nhsic_tx", "nHSIC(T; X = layer 0)"), ("excess", "nHSIC(T; Y) − null"), ("probe_bound_bits",
-               "probe bound on I(T; Y) (bits)")]
+    columns = [("nhsic_tx", "nHSIC(T; X = layer 0)"), ("excess", "nHSIC(T; Y) − null"),
+               ("probe_bound_bits", "probe bound on I(T; Y), bits")]
     fig, axes = style.figure(ncols=3, nrows=len(panels), width=style.FULL_WIDTH, height=1.4 * len(panels), sharex=True)
     for r, (experiment, task, perturbation) in enumerate(panels):
         rows = table[(table.experiment == experiment) & (table.task == task) & (table.perturbation == perturbation)]
@@ -107,8 +112,10 @@ def mi_layers(table: pd.DataFrame, stem) -> None:
                 ax.plot(level.layer, level[column], color=colour, lw=1.1, label=label)
             if column != "nhsic_tx":
                 ax.axhline(0.0, **style.CHANCE_STYLE)
-            ax.set_title(f"{experiment}: {TASK_TITLES[task]} ({perturbation})", fontsize=6)
-            ax.set_ylabel(title, fontsize=6)
+            if r == 0:
+                ax.set_title(title)
+            if c == 0:
+                ax.set_ylabel(_row_title(experiment, task, perturbation), fontsize=6)
             if r == len(panels) - 1:
                 ax.set_xlabel("layer")
         axes[r, -1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=5)
