@@ -162,7 +162,7 @@ def check_probing_outputs(work, model, preset):
     assert set(probes.layer) == {0, 1}  # the tiny models' two layers
     assert probes.accuracy.between(0, 1).all() and (probes.accuracy_low <= probes.accuracy).all()
     # strength 0 of perturbed vs clean compares the clean pass with itself: nothing to decode
-    baseline = probes[(probes.task == "perturbed") & (probes.level == 0)]
+    baseline = probes[(probes.task == "perturbed") & (probes.level == 0) & (probes.features != "shuffled")]
     assert len(baseline) and (baseline.auroc == 0.5).all()
     mi = pd.read_csv(work / f"results/{model}/mutual_information.csv")
     assert {"nhsic_tx", "nhsic_ty", "nhsic_ty_null_mean", "nhsic_ty_p", "probe_bound_bits"} <= set(mi.columns)

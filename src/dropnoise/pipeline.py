@@ -268,6 +268,8 @@ def mutual_information(config: dict, activations: dict[str, list[str]], trial_fi
             tables.append(mi.run(sites, layers, sets, settings["bandwidths"], settings["permutations"],
                                  settings["epsilon"], config["seed"]))
     table = pd.read_csv(io.StringIO(pd.concat(tables, ignore_index=True).to_csv(index=False)))  # as probes.csv reads
+    significant = (table.nhsic_ty_p <= 0.05).mean()
+    log.info("%d nHSIC rows; %.0f%% of nHSIC(T;Y) above their permutation null at p <= 0.05", len(table), 100 * significant)
     outputs.write_csv(mi.with_probe_bound(table, pd.read_csv(probe_file)), out)
 
 
