@@ -18,6 +18,7 @@ include: "workflow/rules/inference.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/density.smk"
+include: "workflow/rules/probing.smk"
 
 
 rule all:

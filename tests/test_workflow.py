@@ -158,6 +158,7 @@ def test_tiny_preset_end_to_end(tmp_path):
         pool = pd.read_csv(work / f"results/{model}/sentences.csv")
         assert dens.sentence_id.tolist() == pool.sentence_id.tolist()
         assert dens[["log_density", "log_density_x0.5", "log_density_x2", "clean_nll"]].notna().all().all()
+        check_probing_outputs(work, model, preset)
 
     tests = pd.read_csv(work / "results/stats/condition_tests.csv")
     assert set(tests.model) == set(preset["run"]["models"]) and set(tests.experiment) == set(preset["run"]["experiments"])
@@ -179,3 +180,24 @@ def test_tiny_preset_end_to_end(tmp_path):
     for stem in ("density_deciles", "density_odds_ratios"):
         assert (work / f"paper_figures/{stem}.png").stat().st_size and (work / f"paper_figures/{stem}.pdf").exists()
     assert not list(work.rglob("*.tmp"))
+
+
+def check_probing_outputs(work, model, preset):
+    """The probing rules of the tiny run: capture files per shard, probe and MI tables, figures."""
+    loc = preset["experiments"]["localization"]
+    shards = sorted((work / f"results/{model}/shards/localization").glob("*.activations.npz"))
+    assert len(shards) == loc["shards"]
+    probes = pd.read_csv(work / f"results/{model}/probes.csv")
+    assert set(probes.task) == {"perturbed", "which_sentence", "dropout_vs_noise"}
+    assert set(probes.site) == {"answer", "span_mean", "span_last"} and set(probes.features) == {"linear", "norm", "shuffled"}
+    assert set(probes.layer) == {0, 1}  # the tiny models' two layers
+    assert probes.accuracy.between(0, 1).all() and (probes.accuracy_low <= probes.accuracy).all()
+    # strength 0 of perturbed vs clean compares the clean pass with itself: nothing to decode
+    baseline = probes[(probes.task == "perturbed") & (probes.level == 0) & (probes.features != "shuffled")]
+    assert len(baseline) and (baseline.auroc == 0.5).all()
+    mi = pd.read_csv(work / f"results/{model}/mutual_information.csv")
+    assert {"nhsic_tx", "nhsic_ty", "nhsic_ty_null_mean", "nhsic_ty_p", "probe_bound_bits"} <= set(mi.columns)
+    assert mi.probe_bound_bits.notna().all()
+    assert (work / f"results/{model}/represented_vs_reported.csv").exists()
+    for figure in ("probes_accuracy", "probes_represented_vs_reported", "mi_layers"):
+        assert (work / f"paper_figures/{model}/{figure}.png").stat().st_size > 0

@@ -74,6 +74,10 @@ def check(config: dict, root: str | Path = ".") -> None:
                 unknown = [a for a in config["figures"][field] if a not in aliases.entries]
                 if unknown:
                     problems.append(f"figures.{field}: unknown alias(es) {unknown}; see {config['aliases']}")
+    if config["probes"]["enabled"]:
+        for name in config["probes"]["experiments"]:
+            if name not in config["run"]["experiments"]:
+                problems.append(f"probes.experiments: '{name}' is not in run.experiments (its runs are what is captured)")
     if config["sentences"]["source"] == "file" and not (root / config["sentences"]["path"]).exists():
         problems.append(f"sentences.path: file '{config['sentences']['path']}' does not exist")
     corpus = config["density"]["corpus"]

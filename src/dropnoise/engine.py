@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -174,16 +175,19 @@ def _groups(order: list[int], sizes: list[int], batch_size: int):
         yield group
 
 
-def _run_group(model, perturber, group, encoded, splits, passes, pad_id, device, batch_size, work):
+def _run_group(model, perturber, capture, trials, group, encoded, splits, passes, pad_id, device, batch_size, work):
     """Run one group of trials: the shared prefix once, then every (trial, pass) suffix in batches of rows.
     Each trial is split `suffix` tokens before its end, the group's longest suffix, so that all suffixes have
-    one length and the left-padded prefixes line up in the cache."""
+    one length and the left-padded prefixes line up in the cache. Spans and captured positions are addressed
+    relative to the suffix (every span starts at or after its trial's split)."""
     suffix = max(len(encoded[i]) - splits[i] for i in group)
     ids, mask, positions, offsets = pad_left([encoded[i] for i in group], pad_id, device)
     prefix = ids.shape[1] - suffix
     cache = None
     if prefix > 0:
         perturber.clear()
+        if capture is not None:
+            capture.clear()
         cache = DynamicCache(config=model.config)
         model(input_ids=ids[:, :prefix], attention_mask=mask[:, :prefix], position_ids=positions[:, :prefix],
               past_key_values=cache, use_cache=True, logits_to_keep=1)
@@ -192,7 +196,10 @@ def _run_group(model, perturber, group, encoded, splits, passes, pad_id, device,
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         index = torch.tensor([g for g, _, _ in chunk], device=device)
-        perturber.set_batch([passes[i][key] for _, i, key in chunk], [offsets[g] - prefix for g, _, _ in chunk])
+        suffix_offsets = [offsets[g] - prefix for g, _, _ in chunk]
+        perturber.set_batch([passes[i][key] for _, i, key in chunk], suffix_offsets)
+        if capture is not None:
+            capture.set_batch([(trials[i], key) for _, i, key in chunk], suffix_offsets)
         out = model(
             input_ids=ids[index, prefix:],
             attention_mask=mask[index],
@@ -220,11 +227,14 @@ def run(
     progress: bool = True,
     prefix_cache: bool = True,
     work: Work | None = None,
+    capture=None,
 ) -> list[dict]:
     """Score every trial under every condition; returns one tidy row per (trial, condition).
 
     batch_size: rows per forward pass, or "auto" (from free memory); prefix_cache: reuse each trial's unperturbed
-    prefix across its conditions where the family allows it; work: filled with what was computed.
+    prefix across its conditions where the family allows it; work: filled with what was computed; capture: an
+    optional capture.ActivationCapture, told about every forward row (its hooks go in after the perturbation
+    hooks, so it records the perturbed residual stream).
     """
     log = logging.getLogger(__name__)
     work = Work() if work is None else work
@@ -263,10 +273,10 @@ def run(
     bar = tqdm(total=sum(-(-sum(len(passes[i]) for i in g) // batch_size) for g in groups), desc="forward passes",
                unit="batch", disable=not progress)
     scored: dict[tuple[int, object], dict] = {}
-    with SpanPerturber(model, sites=sites, layers=layers) as perturber, torch.inference_mode():
+    with SpanPerturber(model, sites=sites, layers=layers) as perturber, capture or nullcontext(), torch.inference_mode():
         for group in groups:
-            for keys, logits in _run_group(model, perturber, group, encoded, splits, passes, pad_id, device,
-                                           batch_size, work):
+            for keys, logits in _run_group(model, perturber, capture, trials, group, encoded, splits, passes, pad_id,
+                                           device, batch_size, work):
                 answers = [trials[i]["answer"] for i, _ in keys]
                 scored.update(zip(keys, scoring.score(logits, answers, tokens, tokenizer.decode)))
                 bar.update()

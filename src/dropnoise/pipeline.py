@@ -7,6 +7,7 @@ steps (summaries, strength grids) run in the light analysis env.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -124,23 +125,34 @@ def build_strength_grid(model_key: str, config: dict, localization: str | None, 
 
 
 def run_shard(model_key: str, model_dir: str, prompt_file: str, experiment: str, conditions: list[dict],
-              config: dict, out: str, threads: int | None = None, grid_file: str | None = None) -> None:
+              config: dict, out: str, threads: int | None = None, grid_file: str | None = None,
+              capture_file: str | None = None) -> None:
+    """Run one shard; with `capture_file`, also save the residual stream of the rows `probes:` selects."""
     hub_offline()
     import torch
 
-    from . import engine, models
+    from . import capture, engine, models
 
     if threads:
         torch.set_num_threads(threads)  # CPU runs: use the cores Snakemake gave this job
     entry = config["models"][model_key]
     models.check_device(model_key, entry.get("gpus", 0), config["inference"]["device"])
     if grid_file is not None:  # zero-/few-shot conditions index the model's strength grid
-        conditions = dnconfig.resolve_indices(conditions, json.loads(Path(grid_file).read_text()))
+        strengths = json.loads(Path(grid_file).read_text())
+        conditions = dnconfig.resolve_indices(conditions, strengths)
+    else:
+        strengths = {kind: tasks.expand_grid(values) for kind, values in dnconfig.grid(config, model_key, experiment).items()}
     trials = outputs.read_jsonl(prompt_file)
     template = load_template(dnconfig.settings(config, model_key, experiment)["template"], tasks.PLACEHOLDERS[experiment])
     model, tokenizer = models.load(model_dir, entry.get("dtype", "auto"), config["inference"]["device"])
     perturbation = config["perturbation"]
     log.info("%s/%s: %d trials x %d conditions", model_key, experiment, len(trials), len(conditions))
+    recorder = None
+    if capture_file is not None:
+        selection = capture.select(config["probes"], config["seed"], experiment, trials,
+                                   {kind: strengths[kind] for kind in PERTURBATIONS}, len(models.decoder_layers(model)))
+        recorder = capture.ActivationCapture(model, selection)
+        log.info("capturing %d trials at layers %s", len(selection.trial_ids), list(selection.layers))
     rows = engine.run(
         model,
         tokenizer,
@@ -152,10 +164,14 @@ def run_shard(model_key: str, model_dir: str, prompt_file: str, experiment: str,
         sites=perturbation["sites"],
         layers=perturbation["layers"],
         prefix_cache=config["inference"].get("prefix_cache", True),
+        capture=recorder,
     )
     frame = pd.DataFrame(rows)
     frame.insert(0, "experiment", experiment)
     frame.insert(0, "model", model_key)
+    if recorder is not None:
+        recorder.save(capture_file)
+        log.info("captured %d rows into %s", len(recorder.rows), capture_file)
     outputs.write_csv(frame, out)
 
 
@@ -259,3 +275,71 @@ def _canonical(table: pd.DataFrame, groups: dict[str, str]) -> str:
     if not canonical:
         raise ValueError("no canonical alias (none, dropout_noise) ran; the figure needs one")
     return canonical[0]
+
+
+def _probe_sets(config: dict, experiment: str, activation_files: list[str], trial_file: str):
+    """Captured activations of one experiment, joined to its trial table, and the labelled sets they support."""
+    from . import activations, probes
+
+    sites, keys = activations.load(activation_files)
+    meta = probes.join(keys, pd.read_csv(trial_file, keep_default_na=False))
+    letters = load_template(config["experiments"][experiment]["template"], tasks.PLACEHOLDERS[experiment]).letters
+    return sites, keys["layers"], probes.datasets(meta, experiment, letters)
+
+
+def probe_tables(config: dict, activations: dict[str, list[str]], trial_files: dict[str, str], out: str) -> None:
+    """results/{model}/probes.csv: every labelled set at every captured layer and site, with both baselines."""
+    from threadpoolctl import threadpool_limits
+
+    from . import probes
+
+    settings = config["probes"]
+    tables = []
+    with threadpool_limits(1):  # thousands of small fits: one BLAS thread each is fastest
+        for experiment, files in activations.items():
+            sites, layers, sets = _probe_sets(config, experiment, files, trial_files[experiment])
+            log.info("%s: %d labelled sets x %d sites x %d layers", experiment, len(sets), len(sites), len(layers))
+            tables.append(probes.run(sites, layers, sets, settings["folds"], settings["C"], config["seed"]))
+    table = pd.concat(tables, ignore_index=True)
+    best = table[table.features == "linear"].sort_values("accuracy").groupby(["experiment", "task", "site"]).tail(1)
+    log.info("best linear probe per task and site:\n%s", best[["experiment", "task", "site", "layer", "perturbation",
+                                                               "level", "accuracy", "auroc"]].to_string(index=False))
+    outputs.write_csv(table, out)
+
+
+def represented_vs_reported(probe_file: str, trial_files: dict[str, str], out: str) -> None:
+    from . import probes
+
+    trials = {experiment: pd.read_csv(path, keep_default_na=False) for experiment, path in trial_files.items()}
+    table = probes.represented_vs_reported(pd.read_csv(probe_file), trials)
+    log.info("represented vs reported:\n%s", table.to_string(index=False))
+    outputs.write_csv(table, out)
+
+
+def mutual_information(config: dict, activations: dict[str, list[str]], trial_files: dict[str, str],
+                       probe_file: str, out: str) -> None:
+    """results/{model}/mutual_information.csv: nHSIC per layer (bandwidth sweep, permutation null) and the probe
+    bound in bits."""
+    from threadpoolctl import threadpool_limits
+
+    from . import mutual_information as mi
+
+    settings = config["probes"]["mutual_information"]
+    tables = []
+    with threadpool_limits(1):
+        for experiment, files in activations.items():
+            sites, layers, sets = _probe_sets(config, experiment, files, trial_files[experiment])
+            tables.append(mi.run(sites, layers, sets, settings["bandwidths"], settings["permutations"],
+                                 settings["epsilon"], config["seed"]))
+    table = pd.read_csv(io.StringIO(pd.concat(tables, ignore_index=True).to_csv(index=False)))  # as probes.csv reads
+    significant = (table.nhsic_ty_p <= 0.05).mean()
+    log.info("%d nHSIC rows; %.0f%% of nHSIC(T;Y) above their permutation null at p <= 0.05", len(table), 100 * significant)
+    outputs.write_csv(mi.with_probe_bound(table, pd.read_csv(probe_file)), out)
+
+
+def probe_figure(name: str, model_key: str, table_file: str, out_pdf: str) -> None:
+    """paper_figures/{model}/{name}.pdf and .png from one table."""
+    from . import probe_figures
+
+    probe_figures.FIGURES[name](pd.read_csv(table_file), Path(out_pdf).with_suffix(""))
+    log.info("%s: drew %s", model_key, name)

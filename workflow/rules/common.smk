@@ -73,7 +73,21 @@ def all_targets():
         for model in figure_models(name)
         for ext in ("pdf", "png")
     ]
-    return per_experiment + tables + figures + density_targets()
+    return per_experiment + tables + figures + density_targets() + probing_targets()
+
+
+def probing_targets():
+    """Inside the model (workflow/rules/probing.smk), only when `probes.enabled`."""
+    if not config["probes"]["enabled"]:
+        return []
+    return [
+        path
+        for model in config["run"]["models"]
+        for path in [
+            *(f"results/{model}/{table}.csv" for table in PROBE_TABLES),
+            *(f"paper_figures/{model}/{figure}.{ext}" for figure in PROBE_FIGURES for ext in ("pdf", "png")),
+        ]
+    ]
 
 
 def ran(model, experiment):
@@ -283,3 +297,38 @@ def density_dependence_inputs(wildcards):
         ],
         "density": [f"results/{model}/density.csv" for model in config["run"]["models"]],
     }
+
+
+# Inside the model (workflow/rules/probing.smk).
+PROBE_TABLES = ("probes", "represented_vs_reported", "mutual_information")
+# figure -> the table it draws
+PROBE_FIGURES = {
+    "probes_accuracy": "probes",
+    "probes_represented_vs_reported": "represented_vs_reported",
+    "mi_layers": "mutual_information",
+}
+CAPTURED = config["probes"]["experiments"]
+
+
+def activation_files(wildcards):
+    """Every shard's activation file per captured experiment."""
+    return {
+        experiment: [
+            f"results/{wildcards.model}/shards/{experiment}/{i}.activations.npz"
+            for i in range(dnconfig.shard_count(config, wildcards.model, experiment))
+        ]
+        for experiment in CAPTURED
+    }
+
+
+def trial_inputs(wildcards):
+    return {f"trials_{experiment}": f"results/{wildcards.model}/{experiment}.csv" for experiment in CAPTURED}
+
+
+def probe_inputs(wildcards):
+    inputs = {f"activations_{experiment}": paths for experiment, paths in activation_files(wildcards).items()}
+    return {**inputs, **trial_inputs(wildcards)}
+
+
+def probe_figure_inputs(wildcards):
+    return {"table": f"results/{wildcards.model}/{PROBE_FIGURES[wildcards.probe_figure]}.csv"}

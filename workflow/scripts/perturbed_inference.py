@@ -11,4 +11,5 @@ pipeline.run_shard(
     snakemake.output[0],
     threads=snakemake.threads,
     grid_file=snakemake.input.get("grid"),
+    capture_file=snakemake.output.get("activations"),
 )

@@ -1,0 +1,141 @@
+"""Activation capture during the perturbed-inference runs: the residual stream at three sites, no extra pass.
+
+Forward hooks on the decoder blocks read each block's output (the residual stream after that layer) at:
+- ``answer``: the last prompt token, where the model reads its answer off (the TracingLLM site);
+- ``span_mean``: the mean over the test span's tokens (where the perturbation is written);
+- ``span_last``: the test span's last token.
+The hooks are registered after the perturbation hooks, so they see the perturbed stream. Each captured row is
+keyed like its row of the shard table, (trial_id, perturbation, strength); the unperturbed pass of a trial is
+stored once as ("none", 0.0), since every no-op condition is that same pass. Values are stored as float16.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import activations
+from .activations import CLEAN, SITES
+from .models import decoder_layers
+from .vocabulary import derive_seed
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which rows to keep: a sample of trials, and per perturbation a subset of its strengths (0 always)."""
+
+    trial_ids: frozenset[int]
+    strengths: dict[str, frozenset[float]]
+    layers: tuple[int, ...]
+
+    def wants(self, trial_id: int, perturbation: str, strength: float) -> bool:
+        if trial_id not in self.trial_ids:
+            return False
+        return strength == 0.0 or round(strength, 6) in self.strengths.get(perturbation, ())
+
+
+def sample_trials(trial_ids: list[int], count: int | None, seed: int, experiment: str) -> frozenset[int]:
+    """The same seeded sample in every shard of an experiment (shards split conditions, not trials)."""
+    if count is None or count >= len(trial_ids):
+        return frozenset(trial_ids)
+    return frozenset(random.Random(derive_seed(seed, "capture", experiment)).sample(sorted(trial_ids), count))
+
+
+def spread(values: list[float], count: int | None) -> frozenset[float]:
+    """At most `count` values evenly spaced over a sorted grid, its ends included."""
+    values = sorted({round(v, 6) for v in values})
+    if count is None or count >= len(values):
+        return frozenset(values)
+    picks = np.unique(np.round(np.linspace(0, len(values) - 1, count)).astype(int))
+    return frozenset(values[i] for i in picks)
+
+
+def layer_indices(n_layers: int, stride: int) -> tuple[int, ...]:
+    """Every `stride`-th layer from layer 0 (the MI analysis needs it as its input proxy), plus the last."""
+    return tuple(sorted({*range(0, n_layers, stride), n_layers - 1}))
+
+
+def select(settings: dict, seed: int, experiment: str, trials: list[dict], strengths: dict[str, list[float]],
+           n_layers: int) -> Selection:
+    """The rows and layers the `probes:` settings keep for one experiment (`strengths`: its full grid per
+    perturbation)."""
+    return Selection(
+        trial_ids=sample_trials([t["trial_id"] for t in trials], settings["trials"], seed, experiment),
+        strengths={kind: spread(values, settings["strengths"]) for kind, values in strengths.items()},
+        layers=layer_indices(n_layers, settings["layer_stride"]),
+    )
+
+
+class ActivationCapture:
+    """Context manager holding the capture hooks; `set_batch` says which rows of the next forward pass to keep.
+
+    The engine calls set_batch before each forward pass (clear before a shared prefix) and enters it after its
+    perturbation hooks.
+    """
+
+    def __init__(self, model, selection: Selection):
+        self._blocks = decoder_layers(model)
+        self.selection = selection
+        self._handles = []
+        self._batch: list[tuple[int, int, int, tuple]] = []  # row, span start, span end (padded), key
+        self.rows: dict[tuple[int, str, float], np.ndarray] = {}
+
+    @staticmethod
+    def key(trial: dict, perturbation) -> tuple[int, str, float]:
+        """The row's (trial_id, perturbation, strength) of its test span; the clean pass for `None` (the engine's
+        key of the pass every no-op condition shares)."""
+        if perturbation is None:
+            return trial["trial_id"], CLEAN, 0.0
+        test = next(i for i, s in enumerate(trial["spans"]) if s.get("test", True))
+        span = perturbation.spans[test]
+        return trial["trial_id"], span.kind, round(span.strength, 6)
+
+    def set_batch(self, rows: list[tuple[dict, object]], offsets: list[int]) -> None:
+        """rows[b] = (trial, engine pass key) is row b of the next forward pass, whose prompt starts at position
+        offsets[b] of the input (negative when a reused prefix cache holds its first tokens)."""
+        self._batch = []
+        for row, ((trial, perturbation), offset) in enumerate(zip(rows, offsets)):
+            key = self.key(trial, perturbation)
+            if key in self.rows or not self.selection.wants(*key):
+                continue
+            span = next(s for s in trial["spans"] if s.get("test", True))
+            self._batch.append((row, offset + span["start"], offset + span["end"], key))
+
+    def clear(self) -> None:
+        """Keep nothing of the next forward pass (a shared prefix)."""
+        self._batch = []
+
+    def _hook(self, slot: int):
+        def hook(module, args, output):
+            if not self._batch:
+                return
+            h = output[0] if isinstance(output, tuple) else output
+            for row, start, end, key in self._batch:  # left padding: every prompt ends at the last position
+                sites = torch.stack([h[row, -1], h[row, start:end].mean(0), h[row, end - 1]])
+                buffer = self.rows.get(key)
+                if buffer is None:
+                    buffer = self.rows[key] = np.empty((len(SITES), len(self.selection.layers), h.shape[-1]), np.float16)
+                buffer[:, slot] = sites.float().cpu().numpy()
+            return
+
+        return hook
+
+    def __enter__(self):
+        self._handles = [
+            self._blocks[layer].register_forward_hook(self._hook(slot)) for slot, layer in enumerate(self.selection.layers)
+        ]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._batch = []
+        return False
+
+    def save(self, path: str | Path) -> None:
+        activations.write(path, self.rows, self.selection.layers)

@@ -1,0 +1,130 @@
+"""Figures inside the model: pure functions of probes.csv, represented_vs_reported.csv and
+mutual_information.csv, drawn with the shared style (dropnoise.style)."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from . import style
+
+SITE_TITLES = {"answer": "answer position", "span_mean": "span mean", "span_last": "last span token"}
+TASK_TITLES = {"perturbed": "perturbed vs clean", "which_sentence": "which sentence", "dropout_vs_noise": "dropout vs noise"}
+COLORMAPS = {"dropout": "Blues", "noise": "Oranges", "matched": "Greens"}
+
+
+def _panels(table: pd.DataFrame) -> list[tuple]:
+    """One row of panels per experiment, task and perturbation, in a fixed order."""
+    keys = table[["experiment", "task", "perturbation"]].drop_duplicates()
+    order = {task: i for i, task in enumerate(TASK_TITLES)}
+    return sorted(map(tuple, keys.to_numpy()), key=lambda k: (k[0], order[k[1]], k[2]))
+
+
+def _row_title(experiment: str, task: str, perturbation: str) -> str:
+    return f"{experiment}\n{TASK_TITLES[task]} ({perturbation})"
+
+
+def _label(row) -> str:
+    if row.perturbation == "matched":
+        return f"p={row.dropout_strength:g} / σ={row.noise_strength:g}"
+    return f"{'p' if row.perturbation == 'dropout' else 'σ'}={row.strength:g}"
+
+
+def _by_level(frame: pd.DataFrame, perturbation: str):
+    """(label, colour, rows) per strength level, light to dark."""
+    levels = sorted(frame.level.unique())
+    colours = plt.get_cmap(COLORMAPS[perturbation])(np.linspace(0.35, 1.0, len(levels)))
+    for level, colour in zip(levels, colours):
+        rows = frame[frame.level == level].sort_values("layer")
+        yield _label(rows.iloc[0]), colour, rows
+
+
+def probes_accuracy(table: pd.DataFrame, stem) -> None:
+    """Accuracy against layer, one line per strength (dotted: the norm-only probe; grey: shuffled labels)."""
+    panels = _panels(table)
+    sites = [s for s in SITE_TITLES if s in set(table.site)]
+    fig, axes = style.figure(ncols=len(sites), nrows=len(panels), width=style.FULL_WIDTH, height=1.5 * len(panels),
+                             sharex=True, sharey=True)
+    for r, (experiment, task, perturbation) in enumerate(panels):
+        rows = table[(table.experiment == experiment) & (table.task == task) & (table.perturbation == perturbation)]
+        for c, site in enumerate(sites):
+            ax, here = axes[r, c], rows[rows.site == site]
+            for label, colour, level in _by_level(here[here.features == "linear"], perturbation):
+                ax.plot(level.layer, level.accuracy, color=colour, lw=1.2, label=label)
+                norm = here[(here.features == "norm") & (here.level == level.level.iloc[0])].sort_values("layer")
+                ax.plot(norm.layer, norm.accuracy, color=colour, lw=0.8, ls=":")
+            shuffled = here[here.features == "shuffled"].groupby("layer").accuracy.mean()
+            ax.plot(shuffled.index, shuffled.to_numpy(), color="0.6", lw=0.8, label="shuffled labels")
+            ax.axhline(0.5, **style.CHANCE_STYLE)
+            ax.set_ylim(0.3, 1.02)
+            if r == 0:
+                ax.set_title(SITE_TITLES[site])
+            if c == 0:
+                ax.set_ylabel(f"{_row_title(experiment, task, perturbation)}\nprobe accuracy", fontsize=6)
+            if r == len(panels) - 1:
+                ax.set_xlabel("layer")
+        axes[r, -1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=5)
+    style.save(fig, stem)
+
+
+def probes_represented_vs_reported(table: pd.DataFrame, stem) -> None:
+    """Probe accuracy at the answer position against the model's verbal accuracy, per condition."""
+    fig, axes = style.figure()
+    ax = axes[0, 0]
+    markers = {"localization": "o", "zero_shot": "s"}
+    for (experiment, perturbation), rows in table.groupby(["experiment", "perturbation"]):
+        colour = plt.get_cmap(COLORMAPS[perturbation])(0.75)
+        ax.errorbar(rows.verbal_accuracy, rows.probe_accuracy,
+                    yerr=[rows.probe_accuracy - rows.probe_low, rows.probe_high - rows.probe_accuracy],
+                    fmt=markers.get(experiment, "^"), color=colour, ms=3, lw=0.6,
+                    label=f"{experiment}, {perturbation} (layer {rows.layer.iloc[0]})")
+    ax.plot([0, 1], [0, 1], **style.CHANCE_STYLE)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("verbal accuracy (model's answer)")
+    ax.set_ylabel("probe accuracy (answer position)")
+    if len(table) and not np.isnan(table.pearson_r.iloc[0]):
+        ax.set_title(f"Pearson r = {table.pearson_r.iloc[0]:.2f} (p = {table.pearson_p.iloc[0]:.2g}), "
+                     f"Spearman ρ = {table.spearman_rho.iloc[0]:.2f}")
+    else:
+        ax.set_title("correlation undefined (fewer than 3 conditions or no variation)")
+    ax.legend(fontsize=5, loc="lower right")
+    style.save(fig, stem)
+
+
+def mi_layers(table: pd.DataFrame, stem) -> None:
+    """At the answer position, per layer: nHSIC(T;X), nHSIC(T;Y) above its permutation null (middle bandwidth of
+    the sweep), and the probe's lower bound on I(T;Y) in bits."""
+    bandwidths = sorted(table.bandwidth.unique())
+    bandwidth = bandwidths[len(bandwidths) // 2]
+    table = table[(table.site == "answer") & (table.bandwidth == bandwidth)].assign(
+        excess=lambda t: t.nhsic_ty - t.nhsic_ty_null_mean)
+    panels = _panels(table)
+    columns = [("nhsic_tx", "nHSIC(T; X = layer 0)"), ("excess", "nHSIC(T; Y) − null"),
+               ("probe_bound_bits", "probe bound on I(T; Y), bits")]
+    fig, axes = style.figure(ncols=3, nrows=len(panels), width=style.FULL_WIDTH, height=1.4 * len(panels), sharex=True)
+    for r, (experiment, task, perturbation) in enumerate(panels):
+        rows = table[(table.experiment == experiment) & (table.task == task) & (table.perturbation == perturbation)]
+        for c, (column, title) in enumerate(columns):
+            ax = axes[r, c]
+            for label, colour, level in _by_level(rows, perturbation):
+                ax.plot(level.layer, level[column], color=colour, lw=1.1, label=label)
+            if column != "nhsic_tx":
+                ax.axhline(0.0, **style.CHANCE_STYLE)
+            if r == 0:
+                ax.set_title(title)
+            if c == 0:
+                ax.set_ylabel(_row_title(experiment, task, perturbation), fontsize=6)
+            if r == len(panels) - 1:
+                ax.set_xlabel("layer")
+        axes[r, -1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=5)
+    fig.suptitle(f"answer position; RBF width {bandwidth:g} × median distance", fontsize=7)
+    style.save(fig, stem)
+
+
+FIGURES = {
+    "probes_accuracy": probes_accuracy,
+    "probes_represented_vs_reported": probes_represented_vs_reported,
+    "mi_layers": mi_layers,
+}

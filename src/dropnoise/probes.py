@@ -1,0 +1,201 @@
+"""Layer-wise linear probes on captured activations: is the perturbation linearly decodable, layer by layer, and
+does that track what the model reports?
+
+Labelled sets per experiment and condition (`datasets`):
+- ``perturbed``: rows at one (perturbation, strength) against the clean rows of the same trials;
+- ``which_sentence`` (localization): which of the two sentences was perturbed;
+- ``dropout_vs_noise``: dropout rows against noise rows at the same rank of their grids (zero-shot grids are
+  matched by rank, as the paper's are); rank 0 is the clean pass for both when the grids start at 0.
+Strength 0 is kept everywhere as the baseline where nothing can be decoded. Each set is probed at every captured
+layer and site with a scikit-learn logistic regression (standardised on training folds only) in stratified
+folds grouped by sentence, so that no sentence is on both sides of a split (the reference code's leak). Baselines
+on the same folds: the activation norm alone (dropout rescales survivors and noise adds variance, so the norm is
+a shortcut a linear probe could ride), and shuffled labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn.base import clone
+from sklearn.dummy import DummyClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss, roc_auc_score
+from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from statsmodels.stats.proportion import proportion_confint
+
+from .activations import CLEAN, SITES
+from .vocabulary import PERTURBATIONS, derive_seed
+
+FEATURES = ("linear", "norm", "shuffled")
+CONDITION_COLUMNS = ("experiment", "task", "perturbation", "strength", "level", "dropout_strength", "noise_strength")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One labelled set: rows of the activation arrays, binary labels, groups (sentences) and its condition."""
+
+    condition: dict
+    rows: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray
+
+
+def join(keys: dict, trials: pd.DataFrame) -> pd.DataFrame:
+    """Per captured row, its trial-table columns: trial rows keyed like the capture, clean rows once."""
+    table = trials.assign(
+        perturbation=trials.perturbation.where(trials.strength > 0, CLEAN), strength=trials.strength.round(6)
+    ).drop_duplicates(["trial_id", "perturbation", "strength"])
+    captured = pd.DataFrame({"trial_id": keys["trial_id"], "perturbation": keys["perturbation"],
+                             "strength": np.round(keys["strength"], 6), "row": np.arange(len(keys["trial_id"]))})
+    merged = captured.merge(table, on=["trial_id", "perturbation", "strength"], how="left", validate="one_to_one")
+    if merged.sentence_id.isna().any():
+        raise ValueError("captured rows without a row in the trial table: activations and results are out of sync")
+    return merged
+
+
+def _at(meta: pd.DataFrame, kind: str, strength: float) -> pd.DataFrame:
+    return meta[meta.perturbation == CLEAN] if strength == 0 else meta[(meta.perturbation == kind) & (meta.strength == strength)]
+
+
+def _strengths(meta: pd.DataFrame, kind: str) -> list[float]:
+    values = sorted(meta.strength[meta.perturbation == kind].unique())
+    return ([0.0] if (meta.perturbation == CLEAN).any() else []) + values
+
+
+def _make(condition, parts: list[tuple[pd.DataFrame, int]]) -> Dataset:
+    frame = pd.concat([part.assign(label=label) for part, label in parts], ignore_index=True)
+    return Dataset(condition, frame.row.to_numpy(), frame.label.to_numpy(), frame.sentence_id.astype(str).to_numpy())
+
+
+def datasets(meta: pd.DataFrame, experiment: str, letters: tuple[str, str] = ("A", "B")) -> list[Dataset]:
+    """Every labelled set an experiment's captured rows support."""
+    found = []
+    clean = meta[meta.perturbation == CLEAN]
+    ranks = {kind: _strengths(meta, kind) for kind in PERTURBATIONS}
+    for kind in PERTURBATIONS:
+        for level, strength in enumerate(ranks[kind]):
+            condition = {"experiment": experiment, "perturbation": kind, "strength": strength, "level": level,
+                         f"{kind}_strength": strength}
+            rows = _at(meta, kind, strength)
+            if len(clean):
+                found.append(_make({**condition, "task": "perturbed"},
+                                   [(rows, 1), (clean[clean.trial_id.isin(rows.trial_id)], 0)]))
+            if experiment == "localization":
+                found.append(_make({**condition, "task": "which_sentence"},
+                                   [(rows[rows.target == letters[0]], 0), (rows[rows.target == letters[1]], 1)]))
+    for level in range(min(len(ranks["dropout"]), len(ranks["noise"]))):
+        dropout, noise = ranks["dropout"][level], ranks["noise"][level]
+        condition = {"experiment": experiment, "task": "dropout_vs_noise", "perturbation": "matched", "level": level,
+                     "dropout_strength": dropout, "noise_strength": noise}
+        found.append(_make(condition, [(_at(meta, "dropout", dropout), 0), (_at(meta, "noise", noise), 1)]))
+    return [d for d in found if len(np.unique(d.labels)) == 2 and len(np.unique(d.groups)) >= 2]
+
+
+def probe(C: float) -> object:
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=1000))
+
+
+def out_of_fold(estimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """P(y = 1) for every row from a model fitted on the other folds (folds grouped by sentence). A training fold
+    with one class only (tiny sets) predicts its class prior."""
+    cv = StratifiedGroupKFold(n_splits=min(folds, len(np.unique(groups))), shuffle=True, random_state=seed % 2**32)
+    proba = np.empty(len(y))
+    for train, test in cv.split(X, y, groups):
+        model = estimator if len(np.unique(y[train])) == 2 else DummyClassifier(strategy="prior")
+        fitted = clone(model).fit(X[train], y[train])
+        classes = list(fitted.classes_)
+        proba[test] = fitted.predict_proba(X[test])[:, classes.index(1)] if 1 in classes else 0.0
+    return proba
+
+
+def auroc_interval(auc: float, n_pos: int, n_neg: int) -> tuple[float, float]:
+    """95% interval of an AUROC from its Hanley-McNeil (1982) standard error."""
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    se = np.sqrt((auc * (1 - auc) + (n_pos - 1) * (q1 - auc**2) + (n_neg - 1) * (q2 - auc**2)) / (n_pos * n_neg))
+    return max(0.0, auc - 1.96 * se), min(1.0, auc + 1.96 * se)
+
+
+def scores(y: np.ndarray, proba: np.ndarray) -> dict:
+    """Accuracy (95% Wilson interval), AUROC (95% Hanley-McNeil interval), and the cross-entropy bound
+    I(T;Y) >= H(Y) - CE in bits. Intervals treat rows as independent; rows of one sentence are not quite."""
+    correct = int(((proba > 0.5) == y).sum())
+    low, high = proportion_confint(correct, len(y), alpha=0.05, method="wilson")
+    auc = roc_auc_score(y, proba)
+    auc_low, auc_high = auroc_interval(auc, int(y.sum()), int((1 - y).sum()))
+    entropy = stats.entropy(np.bincount(y, minlength=2), base=2)
+    cross_entropy = log_loss(y, np.clip(proba, 1e-6, 1 - 1e-6), labels=[0, 1]) / np.log(2)
+    return {"n": len(y), "accuracy": correct / len(y), "accuracy_low": low, "accuracy_high": high, "auroc": auc,
+            "auroc_low": auc_low, "auroc_high": auc_high, "label_entropy_bits": entropy,
+            "cross_entropy_bits": cross_entropy, "mi_lower_bound_bits": entropy - cross_entropy}
+
+
+def run(sites: dict[str, np.ndarray], layers: np.ndarray, sets: list[Dataset], folds: int, C: float, seed: int) -> pd.DataFrame:
+    """Probe every set at every site and layer with the linear probe and both baselines."""
+    out = []
+    for dataset in sets:
+        y, groups = dataset.labels, dataset.groups
+        key = derive_seed(seed, "probes", *sorted(dataset.condition.items()))
+        shuffled = np.random.default_rng(key).permutation(y)
+        for site in SITES:
+            for slot, layer in enumerate(layers):
+                X = sites[site][dataset.rows, slot]
+                inputs = {"linear": (X, y), "norm": (np.linalg.norm(X, axis=1, keepdims=True), y), "shuffled": (X, shuffled)}
+                for features, (values, labels) in inputs.items():
+                    proba = out_of_fold(probe(C), values, labels, groups, folds, key)
+                    out.append({**dataset.condition, "site": site, "layer": int(layer), "features": features,
+                                "n_groups": len(np.unique(groups)), **scores(labels, proba)})
+    table = pd.DataFrame(out)
+    columns = [*CONDITION_COLUMNS, "site", "layer", "features"]
+    return table.reindex(columns=[*columns, *[c for c in table if c not in columns]])
+
+
+VERBAL = {"localization": "which_sentence", "zero_shot": "dropout_vs_noise"}
+
+
+def represented_vs_reported(probes: pd.DataFrame, trials: dict[str, pd.DataFrame], rule: str = "primary") -> pd.DataFrame:
+    """Per condition: the answer-position probe's accuracy next to the model's verbal accuracy on the same task.
+
+    The probe layer is chosen once per experiment (the best mean accuracy over its conditions), not per
+    condition, so that strength 0 does not get the optimistic maximum of many chance-level probes.
+    """
+    rows = []
+    for experiment, task in VERBAL.items():
+        if experiment not in trials:
+            continue
+        answer = probes[(probes.experiment == experiment) & (probes.task == task) & (probes.site == "answer")
+                        & (probes.features == "linear")]
+        if answer.empty:
+            continue
+        layer = answer.groupby("layer").accuracy.mean().idxmax()
+        frame = trials[experiment]
+        for condition in answer[answer.layer == layer].itertuples():
+            if task == "dropout_vs_noise":
+                mask = ((frame.perturbation == "dropout") & (frame.strength == condition.dropout_strength)) | (
+                    (frame.perturbation == "noise") & (frame.strength == condition.noise_strength))
+            else:
+                mask = (frame.perturbation == condition.perturbation) & (frame.strength == condition.strength)
+            verbal = frame.loc[mask, f"correct_{rule}"].astype(bool)
+            if verbal.empty:
+                continue
+            rows.append({**{c: getattr(condition, c) for c in CONDITION_COLUMNS}, "layer": layer,
+                         "probe_accuracy": condition.accuracy, "probe_low": condition.accuracy_low,
+                         "probe_high": condition.accuracy_high, "verbal_accuracy": verbal.mean(), "verbal_n": len(verbal)})
+    table = pd.DataFrame(rows, columns=[*CONDITION_COLUMNS, "layer", "probe_accuracy", "probe_low", "probe_high",
+                                        "verbal_accuracy", "verbal_n"])
+    return table.assign(**correlation(table))
+
+
+def correlation(table: pd.DataFrame) -> dict:
+    """Pearson and Spearman correlation across conditions (NaN when fewer than three or no variation)."""
+    if len(table) < 3 or table.probe_accuracy.nunique() < 2 or table.verbal_accuracy.nunique() < 2:
+        return dict.fromkeys(("pearson_r", "pearson_p", "spearman_rho", "spearman_p"), np.nan)
+    pearson = stats.pearsonr(table.probe_accuracy, table.verbal_accuracy)
+    spearman = stats.spearmanr(table.probe_accuracy, table.verbal_accuracy)
+    return {"pearson_r": pearson.statistic, "pearson_p": pearson.pvalue,
+            "spearman_rho": spearman.statistic, "spearman_p": spearman.pvalue}

@@ -1,0 +1,98 @@
+"""Activation capture during perturbed inference: the right positions, no effect on the results, one clean pass
+per trial, the probes: selection, and the shard file round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import ROOT, build_tiny
+
+from dropnoise import activations, capture, engine, prompts, sentences, tasks
+
+CONDITIONS = [
+    {"target": "dropout", "dropout": 0.0},
+    {"target": "dropout", "dropout": 0.5},
+    {"target": "noise", "noise": 0.0},
+    {"target": "noise", "noise": 2.0},
+    {"target": "noise", "noise": 4.0},
+]
+
+
+@pytest.fixture(scope="module")
+def trials(smol_tokenizer):
+    template = prompts.load_template(ROOT / "data/prompts/localization.yaml", tasks.PLACEHOLDERS["localization"])
+    pool = sentences.bucket(sentences.Grammar(ROOT / "data/synthetic_grammar.yaml").sentences(seed=5),
+                            smol_tokenizer, [7, 11], 6, 20_000)
+    return tasks.localization_trials(smol_tokenizer, template, pool, [7, 11], 3, seed=5)
+
+
+def run(model, tokenizer, trials, batch_size, selection=None, prefix_cache=True):
+    recorder = capture.ActivationCapture(model, selection) if selection else None
+    rows = engine.run(model, tokenizer, trials, CONDITIONS, ("A", "B"), seed=1, batch_size=batch_size,
+                      progress=False, capture=recorder, prefix_cache=prefix_cache)
+    return pd.DataFrame(rows), recorder
+
+
+def everything(trials, n_layers):
+    return capture.Selection(frozenset(t["trial_id"] for t in trials), {"dropout": frozenset([0.5]),
+                             "noise": frozenset([2.0, 4.0])}, capture.layer_indices(n_layers, 1))
+
+
+def test_capture_reads_the_residual_stream_at_the_three_sites(trials, smol_tokenizer):
+    model = build_tiny("llama", vocab_size=len(smol_tokenizer), n_layers=3)
+    plain, _ = run(model, smol_tokenizer, trials, 4)
+    rows, recorder = run(model, smol_tokenizer, trials, 4, everything(trials, 3))
+    pd.testing.assert_frame_equal(plain, rows)  # capturing changes nothing
+    # one clean pass per trial (dropout 0 and noise 0 are the same pass) plus one row per perturbed condition
+    assert len(recorder.rows) == len(trials) * 4
+    with torch.inference_mode():
+        for trial in trials:
+            ids, _ = prompts.tokenize(smol_tokenizer, trial["text"])
+            # hidden_states[l + 1] is block l's output, except the last, which transformers returns after the final norm
+            hidden = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[1:-1]
+            start, end = trial["spans"][0]["start"], trial["spans"][0]["end"]
+            stored = recorder.rows[(trial["trial_id"], activations.CLEAN, 0.0)].astype(np.float32)
+            for layer, h in enumerate(hidden):
+                expected = torch.stack([h[0, -1], h[0, start:end].mean(0), h[0, end - 1]]).numpy()
+                np.testing.assert_allclose(stored[:, layer], expected, rtol=2e-3, atol=2e-3)
+            noisy = recorder.rows[(trial["trial_id"], "noise", 4.0)].astype(np.float32)
+            assert not np.allclose(noisy[1:], stored[1:])  # the span sites carry the perturbation
+
+
+def test_capture_does_not_depend_on_batching_or_prefix_reuse(trials, smol_tokenizer):
+    model = build_tiny("qwen3", vocab_size=len(smol_tokenizer), n_layers=2)
+    _, one = run(model, smol_tokenizer, trials, 1, everything(trials, 2), prefix_cache=False)
+    _, many = run(model, smol_tokenizer, trials, 5, everything(trials, 2))
+    assert one.rows.keys() == many.rows.keys()
+    for key in one.rows:
+        np.testing.assert_allclose(one.rows[key].astype(np.float32), many.rows[key].astype(np.float32), atol=2e-3)
+
+
+def test_selection_keeps_sampled_trials_spread_strengths_and_layer_zero():
+    ids = list(range(100))
+    picked = capture.sample_trials(ids, 10, seed=3, experiment="localization")
+    assert len(picked) == 10 and picked == capture.sample_trials(ids, 10, seed=3, experiment="localization")
+    assert capture.sample_trials(ids, None, 3, "localization") == frozenset(ids)
+    assert capture.spread([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6], 3) == frozenset([0.0, 0.3, 0.6])
+    assert capture.layer_indices(30, 4) == (0, 4, 8, 12, 16, 20, 24, 28, 29)
+    chosen = capture.Selection(frozenset([1]), {"dropout": frozenset([0.3])}, (0, 1))
+    assert chosen.wants(1, "dropout", 0.3) and chosen.wants(1, "none", 0.0)
+    assert not chosen.wants(1, "dropout", 0.2) and not chosen.wants(2, "dropout", 0.3)
+
+
+def test_shard_files_round_trip_and_keep_a_clean_row_once(trials, smol_tokenizer, tmp_path):
+    model = build_tiny("gemma3", vocab_size=len(smol_tokenizer), n_layers=4)
+    subset = capture.Selection(frozenset([trials[0]["trial_id"], trials[2]["trial_id"]]),
+                               {"dropout": frozenset([0.5]), "noise": frozenset([4.0])}, capture.layer_indices(4, 2))
+    _, recorder = run(model, smol_tokenizer, trials, 3, subset)
+    recorder.save(tmp_path / "0.activations.npz")
+    recorder.save(tmp_path / "1.activations.npz")  # a second shard that also ran the clean pass
+    sites, keys = activations.load([tmp_path / "0.activations.npz", tmp_path / "1.activations.npz"])
+    assert list(keys["layers"]) == [0, 2, 3]
+    assert sorted(zip(keys["perturbation"], keys["strength"])) == sorted(
+        [("none", 0.0), ("dropout", 0.5), ("noise", 4.0)] * 2)
+    assert set(keys["trial_id"]) == subset.trial_ids
+    for site in activations.SITES:
+        assert sites[site].shape == (6, 3, 64) and sites[site].dtype == np.float32

@@ -1,0 +1,88 @@
+# Inside the model (README "Inside the model"; src/dropnoise/{capture,probes,mutual_information}.py): the residual
+# stream captured during the inference runs, layer-wise probes, mutual information and their figures. Everything
+# here exists only when `probes.enabled`.
+
+if config["probes"]["enabled"]:
+
+    # The inference rule with one more output, for the captured experiments only (same job, same forward passes).
+    use rule perturbed_inference as perturbed_inference_capture with:
+        output:
+            "results/{model}/shards/{experiment}/{shard}.csv",
+            activations="results/{model}/shards/{experiment}/{shard}.activations.npz",
+        log:
+            "logs/perturbed_inference/{model}/{experiment}/{shard}.log",
+        wildcard_constraints:
+            experiment="|".join(CAPTURED),
+
+    ruleorder: perturbed_inference_capture > perturbed_inference
+
+    rule probes:
+        input:
+            unpack(probe_inputs),
+        output:
+            "results/{model}/probes.csv",
+        log:
+            "logs/probes/{model}.log",
+        conda:
+            "../../envs/probing.yaml"
+        params:
+            experiments=CAPTURED,
+        localrule: True
+        script:
+            "../scripts/probes.py"
+
+    rule represented_vs_reported:
+        input:
+            unpack(trial_inputs),
+            probes="results/{model}/probes.csv",
+        output:
+            "results/{model}/represented_vs_reported.csv",
+        log:
+            "logs/represented_vs_reported/{model}.log",
+        conda:
+            "../../envs/probing.yaml"
+        params:
+            experiments=CAPTURED,
+        localrule: True
+        script:
+            "../scripts/represented_vs_reported.py"
+
+    rule mutual_information:
+        input:
+            unpack(probe_inputs),
+            probes="results/{model}/probes.csv",
+        output:
+            "results/{model}/mutual_information.csv",
+        log:
+            "logs/mutual_information/{model}.log",
+        conda:
+            "../../envs/probing.yaml"
+        params:
+            experiments=CAPTURED,
+        localrule: True
+        script:
+            "../scripts/mutual_information.py"
+
+    rule probe_figure:
+        input:
+            unpack(probe_figure_inputs),
+        output:
+            pdf="paper_figures/{model}/{probe_figure}.pdf",
+            png=report(
+                "paper_figures/{model}/{probe_figure}.png",
+                caption="../report/{probe_figure}.rst",
+                category="Inside the model",
+                subcategory="{model}",
+                labels={"model": "{model}", "figure": "{probe_figure}"},
+            ),
+        log:
+            "logs/probe_figures/{model}/{probe_figure}.log",
+        conda:
+            "../../envs/probing.yaml"
+        wildcard_constraints:
+            probe_figure="|".join(PROBE_FIGURES),
+        params:
+            provenance=provenance,
+        localrule: True
+        script:
+            "../scripts/probe_figure.py"
