@@ -70,6 +70,11 @@ def test_dose_response_reports_why_a_slope_is_missing():
     table = stats.dose_response(trials, "zero_shot")
     assert table.slope.isna().all() and (table.note == "no variation in correctness").all()
     assert not table.significant.any()
+    # each sentence answered the same at every strength (a model that ignores the perturbation): the clustered
+    # standard error would collapse to zero, so no interval is claimed
+    fixed = trials.assign(correct_primary=trials.sentence_id.isin(["s0", "s1", "s2", "s3"]))
+    table = stats.dose_response(fixed, "zero_shot")
+    assert table.slope_low.isna().all() and table.note.str.startswith("correctness constant within every").all()
 
 
 def test_few_sentences_give_wide_intervals_not_overconfident_ones():

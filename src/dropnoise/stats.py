@@ -94,7 +94,8 @@ def clustered_logit(data: pd.DataFrame, formula: str, term: str, groups: str) ->
     freedom, so a handful of sentences gives wide intervals instead of overconfident normal ones.
 
     Returns NaNs with a note where the model is not identified (no variation in the outcome or the term, fewer
-    than two clusters, or a fit that does not converge, e.g. under perfect separation).
+    than two clusters, an outcome constant within every cluster while the term varies there, whose clustered
+    standard error collapses to zero, or a fit that does not converge, e.g. under perfect separation).
     """
     outcome = formula.split("~")[0].strip()
     empty = {"estimate": np.nan, "low": np.nan, "high": np.nan, "p_value": np.nan, "statistic": np.nan, "df": np.nan}
@@ -102,6 +103,10 @@ def clustered_logit(data: pd.DataFrame, formula: str, term: str, groups: str) ->
         return {**empty, "note": "no variation in correctness"}
     if data[groups].nunique() < 2:
         return {**empty, "note": "fewer than two clusters"}
+    by_cluster = data.groupby(groups)
+    if by_cluster[outcome].nunique().max() < 2 and by_cluster[term].nunique().max() > 1:
+        # every cluster answers the same at every value of the term: the clustered standard error collapses to 0
+        return {**empty, "note": "correctness constant within every cluster: no within-cluster information"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
