@@ -124,7 +124,8 @@ def mi_layers(table: pd.DataFrame, stem) -> None:
     style.save(fig, stem)
 
 
-STEERING_VECTORS = {"noise_minus_dropout": "noise − dropout vector", "perturbed_minus_clean": "perturbed − clean vector"}
+STEERING_VECTORS = {"noise_minus_dropout": "noise − dropout vector",
+                    "perturbed_minus_clean": "perturbed − clean vector"}
 STEERING_KINDS = {"mass_mean": ("-", "mass-mean vector"), "random": ("--", "random direction, same norm"),
                   "shuffled_labels": (":", "shuffled-label vector, same norm")}
 STEERING_BASES = {"none": "clean runs", "dropout": "dropout runs", "noise": "noise runs"}
@@ -163,10 +164,13 @@ def steering_dose_response(table: pd.DataFrame, stem) -> None:
         axes[0, c].set_title(f"{STEERING_VECTORS[vector]} at layer {here.layer.iloc[0]}")
         axes[2, c].set_xlabel(f"scale α (× {UNITS[here.unit.iloc[0]]})")
     axes[1, 0].set_ylim(-0.02, 1.02)
-    handles = [Line2D([], [], color=_base_colour(base), label=label) for base, label in STEERING_BASES.items()]
-    handles += [Line2D([], [], color="0.15", ls=ls, label=label) for ls, label in STEERING_KINDS.values()]
-    handles += [Line2D([], [], color="tab:red", ls="-.", label="perplexity guard limit")]
-    axes[0, -1].legend(handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.0), fontsize=6)
+    bases = [Line2D([], [], color=_base_colour(base), label=label) for base, label in STEERING_BASES.items()]
+    kinds = [Line2D([], [], color="0.15", ls=ls, label=label) for ls, label in STEERING_KINDS.values()]
+    legends = [("colour: trials' own run", bases), ("line style: injected vector", kinds),
+               ("guard", [Line2D([], [], color="tab:red", ls="-.", label="perplexity ratio limit")])]
+    for r, (title, handles) in enumerate(legends):
+        axes[r, -1].legend(handles=handles, title=title, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=6,
+                           title_fontsize=6)
     style.save(fig, stem)
 
 
