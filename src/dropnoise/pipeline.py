@@ -354,7 +354,7 @@ def steering_table(model_key: str, model_dir: str, prompt_file: str, grid_file: 
             bar.update(scale != 0)
             labels = {"vector": vector.vector, "kind": vector.kind, "scale": scale}
             readouts.append(steering.trial_readout(pd.DataFrame(scored), letters).assign(**labels))
-            guard.append({**labels, "injected_norm": abs(scale) * vector.size, "size": vector.size,
+            guard.append({**labels, "injected_norm": abs(scale) * vector.size, "unit_norm": vector.size,
                           "raw_norm": vector.raw_norm, "nll_per_token": nll / tokens})
     bar.close()
     guard = pd.DataFrame(guard)
