@@ -324,9 +324,9 @@ def steering_table(model_key: str, model_dir: str, prompt_file: str, grid_file: 
     batch_size = entry.get("batch_size", config["inference"]["batch_size"])
     run = dict(seed=seed, batch_size=batch_size, sites=config["perturbation"]["sites"],
                layers=config["perturbation"]["layers"], progress=False)
-    # The zero-shot grids rarely include strength 0: clean dev rows missing from the capture are one clean pass each.
+    # The zero-shot grids rarely include strength 0: a captured dev trial without its clean row gets one clean pass.
     clean = set(keys["trial_id"][dev_rows & (keys["perturbation"] == activations.CLEAN)])
-    missing = sorted(set(trials.trial_id[in_dev]) - clean)
+    missing = sorted(set(keys["trial_id"][dev_rows]) - clean)
     if missing:
         recorder = capture.ActivationCapture(model, capture.Selection(frozenset(missing), {}, (layer,)))
         engine.run(model, tokenizer, [records[i] for i in missing], conditions[:1], letters, capture=recorder, **run)
