@@ -199,5 +199,22 @@ def check_probing_outputs(work, model, preset):
     assert {"nhsic_tx", "nhsic_ty", "nhsic_ty_null_mean", "nhsic_ty_p", "probe_bound_bits"} <= set(mi.columns)
     assert mi.probe_bound_bits.notna().all()
     assert (work / f"results/{model}/represented_vs_reported.csv").exists()
-    for figure in ("probes_accuracy", "probes_represented_vs_reported", "mi_layers"):
+    check_steering(work, model, preset)
+    for figure in ("probes_accuracy", "probes_represented_vs_reported", "mi_layers", "steering_dose_response"):
         assert (work / f"paper_figures/{model}/{figure}.png").stat().st_size > 0
+
+
+def check_steering(work, model, preset):
+    """Every vector, control, scale and base run; scale 0 is the one unsteered run of every curve."""
+    table = pd.read_csv(work / f"results/{model}/steering.csv")
+    scales = preset["probes"]["steering"]["scales"]
+    assert len(table) == 2 * 3 * len(scales) * 3 and set(table.scale) == set(scales)
+    assert set(table.vector) == {"noise_minus_dropout", "perturbed_minus_clean"}
+    assert set(table.kind) == {"mass_mean", "random", "shuffled_labels"} and set(table.base) == {"none", "dropout", "noise"}
+    assert set(table.layer) == {1} and (table.n > 0).all() and (table.n_dev > 0).all()
+    assert table.frac_noise.between(0, 1).all() and table.logit_diff.notna().all() and (table.unit_norm > 0).all()
+    unsteered = table[table.scale == 0]
+    assert (unsteered.groupby("base")[["logit_diff", "frac_noise", "nll_per_token"]].nunique() == 1).all().all()
+    assert (unsteered.ppl_ratio == 1.0).all() and (unsteered.injected_norm == 0).all()
+    steered = table[table.scale != 0]
+    assert (steered.groupby(["vector", "scale"]).injected_norm.nunique() == 1).all()  # controls: the vector's norm

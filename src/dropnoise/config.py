@@ -57,6 +57,7 @@ def check(config: dict, root: str | Path = ".") -> None:
             values = expand_grid(grid.get(kind, []))
             if kind == "dropout" and any(v >= 1 for v in values):
                 problems.append(f"{where}.dropout: dropout rates must be < 1, got {max(values)}")
+    aliases = None
     aliases_path = root / config["aliases"]
     if not aliases_path.exists():
         problems.append(f"aliases: file '{config['aliases']}' does not exist")
@@ -69,6 +70,7 @@ def check(config: dict, root: str | Path = ".") -> None:
                         aliases.names(settings(config, key, name)["aliases"])
         except AliasError as err:
             problems.append(f"aliases: {err}")
+            aliases = None
         else:
             for field in ("emphasis", "flipped_labels"):
                 unknown = [a for a in config["figures"][field] if a not in aliases.entries]
@@ -78,6 +80,8 @@ def check(config: dict, root: str | Path = ".") -> None:
         for name in config["probes"]["experiments"]:
             if name not in config["run"]["experiments"]:
                 problems.append(f"probes.experiments: '{name}' is not in run.experiments (its runs are what is captured)")
+        if config["probes"]["steering"]["enabled"]:
+            problems += _steering_problems(config, aliases)
     if config["sentences"]["source"] == "file" and not (root / config["sentences"]["path"]).exists():
         problems.append(f"sentences.path: file '{config['sentences']['path']}' does not exist")
     corpus = config["density"]["corpus"]
@@ -85,6 +89,28 @@ def check(config: dict, root: str | Path = ".") -> None:
         problems.append(f"density.corpus.path: file '{corpus['path']}' does not exist")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def _steering_problems(config: dict, aliases) -> list[str]:
+    """Steering reads the captured zero-shot runs of one alias at one grid rank; 0 is every curve's reference."""
+    steering = config["probes"]["steering"]
+    if "zero_shot" not in config["probes"]["experiments"]:
+        return ["probes.steering: needs zero_shot in probes.experiments (vectors come from its captured activations); "
+                "or set probes.steering.enabled: false"]
+    problems = []
+    if "zero_shot" not in config["experiments"]:
+        return problems  # reported as a probes.experiments / run.experiments problem
+    if 0 not in steering["scales"]:
+        problems.append("probes.steering.scales: must include 0 (the unsteered reference of every curve and of the guard)")
+    for key in config["run"]["models"]:
+        if key not in config["models"]:
+            continue
+        if aliases is not None and steering["alias"] not in aliases.names(settings(config, key, "zero_shot")["aliases"]):
+            problems.append(f"probes.steering.alias: '{steering['alias']}' is not among the zero_shot aliases of {key}")
+        points = min(grid_points(config, key).values())
+        if steering["level"] is not None and steering["level"] >= points:
+            problems.append(f"probes.steering.level: {steering['level']} is beyond {key}'s {points}-point strength grid")
+    return problems
 
 
 def _grids(config: dict):

@@ -124,19 +124,27 @@ def build_strength_grid(model_key: str, config: dict, localization: str | None, 
     outputs.write_json(grid, out)
 
 
-def run_shard(model_key: str, model_dir: str, prompt_file: str, experiment: str, conditions: list[dict],
-              config: dict, out: str, threads: int | None = None, grid_file: str | None = None,
-              capture_file: str | None = None) -> None:
-    """Run one shard; with `capture_file`, also save the residual stream of the rows `probes:` selects."""
-    hub_offline()
+def _load_model(model_key: str, model_dir: str, config: dict, threads: int | None):
+    """Stop at once when a GPU job got no GPU, then load (call hub_offline() before any transformers import)."""
     import torch
 
-    from . import capture, engine, models
+    from . import models
 
     if threads:
         torch.set_num_threads(threads)  # CPU runs: use the cores Snakemake gave this job
     entry = config["models"][model_key]
     models.check_device(model_key, entry.get("gpus", 0), config["inference"]["device"])
+    return models.load(model_dir, entry.get("dtype", "auto"), config["inference"]["device"])
+
+
+def run_shard(model_key: str, model_dir: str, prompt_file: str, experiment: str, conditions: list[dict],
+              config: dict, out: str, threads: int | None = None, grid_file: str | None = None,
+              capture_file: str | None = None) -> None:
+    """Run one shard; with `capture_file`, also save the residual stream of the rows `probes:` selects."""
+    hub_offline()
+    from . import capture, engine, models
+
+    entry = config["models"][model_key]
     if grid_file is not None:  # zero-/few-shot conditions index the model's strength grid
         strengths = json.loads(Path(grid_file).read_text())
         conditions = dnconfig.resolve_indices(conditions, strengths)
@@ -144,7 +152,7 @@ def run_shard(model_key: str, model_dir: str, prompt_file: str, experiment: str,
         strengths = {kind: tasks.expand_grid(values) for kind, values in dnconfig.grid(config, model_key, experiment).items()}
     trials = outputs.read_jsonl(prompt_file)
     template = load_template(dnconfig.settings(config, model_key, experiment)["template"], tasks.PLACEHOLDERS[experiment])
-    model, tokenizer = models.load(model_dir, entry.get("dtype", "auto"), config["inference"]["device"])
+    model, tokenizer = _load_model(model_key, model_dir, config, threads)
     perturbation = config["perturbation"]
     log.info("%s/%s: %d trials x %d conditions", model_key, experiment, len(trials), len(conditions))
     recorder = None
@@ -343,3 +351,84 @@ def probe_figure(name: str, model_key: str, table_file: str, out_pdf: str) -> No
 
     probe_figures.FIGURES[name](pd.read_csv(table_file), Path(out_pdf).with_suffix(""))
     log.info("%s: drew %s", model_key, name)
+
+
+def steering_table(model_key: str, model_dir: str, prompt_file: str, grid_file: str, activation_files: list[str],
+                   sentence_file: str, config: dict, out: str, threads: int | None = None) -> None:
+    """results/{model}/steering.csv: the steering vectors' dose-response on held-out zero-shot trials, with their
+    random and shuffled-label controls and the perplexity guard (src/dropnoise/steering.py)."""
+    hub_offline()
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from . import activations, capture, engine, steering
+
+    settings, seed = config["probes"]["steering"], config["seed"]
+    entry = config["models"][model_key]
+    # Everything the captured activations and the trials decide is checked before the model loads.
+    sites, keys = activations.load(activation_files)
+    layer = steering.choose_layer(settings["layer"], keys["layers"])
+    records = {t["trial_id"]: t for t in outputs.read_jsonl(prompt_file) if t["alias"] == settings["alias"]}
+    trials = pd.DataFrame(records.values())
+    in_dev = trials.sentence_id.astype(str).isin(steering.dev_sentences(trials, settings["dev_fraction"], seed))
+    dev_rows = np.isin(keys["trial_id"], trials.trial_id[in_dev].to_numpy())
+    X = sites["answer"][dev_rows, list(keys["layers"]).index(layer)]
+    perturbation = keys["perturbation"][dev_rows]
+    vectors = steering.build("noise_minus_dropout", X, perturbation, settings["unit"], seed)
+    test = [records[i] for i in steering.held_out(trials[~in_dev], settings["trials"], seed)]
+    grid = json.loads(Path(grid_file).read_text())
+    level = {kind: len(grid[kind]) // 2 if settings["level"] is None else settings["level"] for kind in PERTURBATIONS}
+    conditions = [{"dropout": 0.0, "noise": 0.0}, *({kind: grid[kind][level[kind]]} for kind in PERTURBATIONS)]
+    pool = pd.read_csv(sentence_file, keep_default_na=False)
+    texts = pool.sentence.sample(min(settings["guard_sentences"], len(pool)), random_state=seed % 2**32).tolist()
+    template = dnconfig.settings(config, model_key, "zero_shot")["template"]
+    letters = load_template(template, tasks.PLACEHOLDERS["zero_shot"]).letters
+
+    model, tokenizer = _load_model(model_key, model_dir, config, threads)
+    batch_size = entry.get("batch_size", config["inference"]["batch_size"])
+    run = dict(seed=seed, batch_size=batch_size, sites=config["perturbation"]["sites"],
+               layers=config["perturbation"]["layers"], progress=False)
+    # The zero-shot grids rarely include strength 0: a captured dev trial without its clean row gets one clean pass.
+    clean = set(keys["trial_id"][dev_rows & (keys["perturbation"] == activations.CLEAN)])
+    missing = sorted(set(keys["trial_id"][dev_rows]) - clean)
+    if missing:
+        recorder = capture.ActivationCapture(model, capture.Selection(frozenset(missing), {}, (layer,)))
+        engine.run(model, tokenizer, [records[i] for i in missing], conditions[:1], letters, capture=recorder, **run)
+        answer = activations.SITES.index("answer")
+        extra = [recorder.rows[(i, activations.CLEAN, 0.0)][answer, 0].astype(np.float32) for i in missing]
+        X, perturbation = np.concatenate([X, extra]), np.concatenate([perturbation, [activations.CLEAN] * len(missing)])
+    vectors += steering.build("perturbed_minus_clean", X, perturbation, settings["unit"], seed)
+    log.info("layer %d, %d dev rows (%d clean passes added), %d held-out trials, %d guard sentences; vector norms: %s",
+             layer, len(X), len(missing), len(test), len(texts),
+             {f"{v.vector}/{v.kind}": round(v.raw_norm, 3) for v in vectors})
+
+    def steered(vector, scale: float) -> tuple[list[dict], tuple[float, int]]:
+        delta = vector.direction * vector.size
+        with steering.Steering(model, layer, delta, scale):
+            scored = engine.run(model, tokenizer, test, conditions, letters, **run)
+        with steering.Steering(model, layer, delta, scale, positions="all"):
+            return scored, steering.text_nll(model, tokenizer, texts, batch_size)
+
+    baseline = steered(vectors[0], 0.0)  # scale 0 is the unsteered run, shared by every curve
+    readouts, guard = [], []
+    bar = tqdm(total=len(vectors) * (len(settings["scales"]) - 1), desc="steered runs", unit="run")
+    for vector in vectors:
+        for scale in settings["scales"]:
+            scored, (nll, tokens) = baseline if scale == 0 else steered(vector, scale)
+            bar.update(scale != 0)
+            labels = {"vector": vector.vector, "kind": vector.kind, "scale": scale}
+            readouts.append(steering.trial_readout(pd.DataFrame(scored), letters).assign(**labels))
+            guard.append({**labels, "injected_norm": abs(scale) * vector.size, "unit_norm": vector.size,
+                          "raw_norm": vector.raw_norm, "nll_per_token": nll / tokens})
+    bar.close()
+    guard = pd.DataFrame(guard)
+    guard["ppl_ratio"] = np.exp(guard.nll_per_token - guard.nll_per_token[guard.scale == 0].iloc[0])
+    table = steering.summarise(pd.concat(readouts, ignore_index=True)).merge(guard, on=["vector", "kind", "scale"])
+    limit = settings["max_ppl_ratio"]
+    table = table.assign(model=model_key, layer=layer, unit=settings["unit"], guard_passed=table.ppl_ratio <= limit,
+                         max_ppl_ratio=limit, residual_norm=float(np.linalg.norm(X, axis=1).mean()), n_dev=len(X))
+    first = ["model", "vector", "kind", "layer", "unit", "scale", "injected_norm", "base", "base_strength", "n"]
+    table = table[[*first, *[c for c in table if c not in first]]]
+    mass = table[table.kind == "mass_mean"][["vector", "base", "scale", "logit_diff", "frac_noise", "ppl_ratio"]]
+    log.info("mass-mean dose-response:\n%s", mass.to_string(index=False))
+    outputs.write_csv(table, out)

@@ -1,9 +1,10 @@
-"""Figures inside the model: pure functions of probes.csv, represented_vs_reported.csv and
-mutual_information.csv, drawn with the shared style (dropnoise.style)."""
+"""Figures inside the model: pure functions of probes.csv, represented_vs_reported.csv, mutual_information.csv
+and steering.csv, drawn with the shared style (dropnoise.style)."""
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+from matplotlib.lines import Line2D
 import numpy as np
 import pandas as pd
 
@@ -123,8 +124,59 @@ def mi_layers(table: pd.DataFrame, stem) -> None:
     style.save(fig, stem)
 
 
+STEERING_VECTORS = {"noise_minus_dropout": "noise − dropout vector",
+                    "perturbed_minus_clean": "perturbed − clean vector"}
+STEERING_KINDS = {"mass_mean": ("-", "mass-mean vector"), "random": ("--", "random direction, same norm"),
+                  "shuffled_labels": (":", "shuffled-label vector, same norm")}
+STEERING_BASES = {"none": "clean runs", "dropout": "dropout runs", "noise": "noise runs"}
+UNITS = {"projection_sd": "SD of dev projections", "residual_norm": "mean residual norm"}
+
+
+def _base_colour(base: str):
+    return "0.15" if base == "none" else plt.get_cmap(COLORMAPS[base])(0.8)
+
+
+def steering_dose_response(table: pd.DataFrame, stem) -> None:
+    """Per vector (columns), against the injected scale: the noise-minus-dropout logit difference and the fraction
+    answering noise on held-out trials (colour: the base run; line style: the vector or a control; band: 95%
+    interval of the mass-mean vector), and the perplexity ratio on clean text (the guard)."""
+    vectors = [v for v in STEERING_VECTORS if v in set(table.vector)]
+    rows = [("logit_diff", "logit(noise) − logit(dropout)", 0.0), ("frac_noise", "fraction answering noise", 0.5),
+            ("ppl_ratio", "perplexity ratio to scale 0", 1.0)]
+    fig, axes = style.figure(ncols=len(vectors), nrows=3, width=style.FULL_WIDTH, height=5.4, sharex=True, sharey="row")
+    for c, vector in enumerate(vectors):
+        here = table[table.vector == vector]
+        for kind, (ls, _) in STEERING_KINDS.items():
+            for base in STEERING_BASES:
+                line = here[(here.kind == kind) & (here.base == base)].sort_values("scale")
+                for r, (column, _, _) in enumerate(rows[:2]):
+                    axes[r, c].plot(line.scale, line[column], color=_base_colour(base), ls=ls, lw=1.1, marker=".", ms=3)
+                    if kind == "mass_mean":
+                        axes[r, c].fill_between(line.scale, line[f"{column}_low"], line[f"{column}_high"],
+                                                color=_base_colour(base), alpha=0.12, lw=0)
+            guard = here[here.kind == kind].drop_duplicates("scale").sort_values("scale")
+            axes[2, c].plot(guard.scale, guard.ppl_ratio, color="0.15", ls=ls, lw=1.1, marker=".", ms=3)
+        axes[2, c].axhline(here.max_ppl_ratio.iloc[0], color="tab:red", lw=0.8, ls="-.")
+        for r, (_, label, reference) in enumerate(rows):
+            axes[r, c].axhline(reference, **style.CHANCE_STYLE)
+            if c == 0:
+                axes[r, c].set_ylabel(label)
+        axes[0, c].set_title(f"{STEERING_VECTORS[vector]} at layer {here.layer.iloc[0]}")
+        axes[2, c].set_xlabel(f"scale α (× {UNITS[here.unit.iloc[0]]})")
+    axes[1, 0].set_ylim(-0.02, 1.02)
+    bases = [Line2D([], [], color=_base_colour(base), label=label) for base, label in STEERING_BASES.items()]
+    kinds = [Line2D([], [], color="0.15", ls=ls, label=label) for ls, label in STEERING_KINDS.values()]
+    legends = [("colour: trials' own run", bases), ("line style: injected vector", kinds),
+               ("guard", [Line2D([], [], color="tab:red", ls="-.", label="perplexity ratio limit")])]
+    for r, (title, handles) in enumerate(legends):
+        axes[r, -1].legend(handles=handles, title=title, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=6,
+                           title_fontsize=6)
+    style.save(fig, stem)
+
+
 FIGURES = {
     "probes_accuracy": probes_accuracy,
     "probes_represented_vs_reported": probes_represented_vs_reported,
     "mi_layers": mi_layers,
+    "steering_dose_response": steering_dose_response,
 }

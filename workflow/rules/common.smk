@@ -300,12 +300,14 @@ def density_dependence_inputs(wildcards):
 
 
 # Inside the model (workflow/rules/probing.smk).
-PROBE_TABLES = ("probes", "represented_vs_reported", "mutual_information")
+STEERING = config["probes"]["steering"]["enabled"]
+PROBE_TABLES = ("probes", "represented_vs_reported", "mutual_information") + (("steering",) if STEERING else ())
 # figure -> the table it draws
 PROBE_FIGURES = {
     "probes_accuracy": "probes",
     "probes_represented_vs_reported": "represented_vs_reported",
     "mi_layers": "mutual_information",
+    **({"steering_dose_response": "steering"} if STEERING else {}),
 }
 CAPTURED = config["probes"]["experiments"]
 
@@ -332,3 +334,20 @@ def probe_inputs(wildcards):
 
 def probe_figure_inputs(wildcards):
     return {"table": f"results/{wildcards.model}/{PROBE_FIGURES[wildcards.probe_figure]}.csv"}
+
+
+def steering_inputs(wildcards):
+    """The captured zero-shot runs (prompts, strength grid, activations), the sentence pool (the perplexity guard's
+    text) and the model."""
+    return {
+        "model": model_folder(wildcards),
+        "prompts": f"results/{wildcards.model}/prompts/zero_shot.jsonl",
+        "grid": f"results/{wildcards.model}/strength_grid.json",
+        "activations": activation_files(wildcards)["zero_shot"],
+        "sentences": f"results/{wildcards.model}/sentences.csv",
+    }
+
+
+def steering_settings(wildcards):
+    """What changes steering.csv besides its inputs (rerun triggers)."""
+    return {"steering": config["probes"]["steering"], "perturbation": config["perturbation"], "seed": config["seed"]}

@@ -1,6 +1,6 @@
-# Inside the model (README "Inside the model"; src/dropnoise/{capture,probes,mutual_information}.py): the residual
-# stream captured during the inference runs, layer-wise probes, mutual information and their figures. Everything
-# here exists only when `probes.enabled`.
+# Inside the model (README "Inside the model"; src/dropnoise/{capture,probes,mutual_information,steering}.py): the
+# residual stream captured during the inference runs, layer-wise probes, mutual information, steering vectors and
+# their figures. Everything here exists only when `probes.enabled`.
 
 if config["probes"]["enabled"]:
 
@@ -62,6 +62,29 @@ if config["probes"]["enabled"]:
         localrule: True
         script:
             "../scripts/mutual_information.py"
+
+    if STEERING:
+
+        # Forward passes with the steering hook: an inference job (the model's GPUs, memory and runtime).
+        rule steering:
+            input:
+                unpack(steering_inputs),
+            output:
+                "results/{model}/steering.csv",
+            log:
+                "logs/steering/{model}.log",
+            conda:
+                "../../envs/inference.yaml"
+            params:
+                settings=steering_settings,
+                inference=inference_settings,
+            threads: 4
+            resources:
+                gpu=model_gpus,
+                mem_mb=model_mem_mb,
+                runtime=model_runtime,
+            script:
+                "../scripts/steering.py"
 
     rule probe_figure:
         input:
