@@ -14,6 +14,7 @@ include: "workflow/rules/prompts.smk"
 include: "workflow/rules/inference.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/probing.smk"
+include: "workflow/rules/dynamics.smk"
 
 
 rule all:

@@ -5,6 +5,7 @@ import re
 from snakemake.utils import validate
 
 try:
+    import dropnoise.checkpoints as dncheckpoints
     import dropnoise.config as dnconfig
 except ImportError as err:
     raise ImportError(
@@ -12,6 +13,7 @@ except ImportError as err:
     ) from err
 
 validate(config, schema="../schemas/config.schema.yaml")
+config["models"] = dncheckpoints.expand(config)  # every checkpoint of a series is a registry entry of its own
 dnconfig.check(config, root=workflow.basedir)
 
 MODELS = list(config["models"])
@@ -38,7 +40,7 @@ def all_targets():
         for model in config["run"]["models"]
         for experiment in config["run"]["experiments"]
         for suffix in (".csv", ".summary.csv")
-    ] + probing_targets()
+    ] + probing_targets() + dynamics_targets()
 
 
 def probing_targets():
@@ -57,7 +59,10 @@ def probing_targets():
 
 # Registry fields that determine a model folder; scheduling fields (gpus, mem_mb, runtime, batch_size, grids)
 # must not trigger a new download.
-SOURCE_FIELDS = ("kind", "repo_id", "revision", "module", "gguf_file", "family", "tokenizer_from", "chat_template", "layers", "seed")
+SOURCE_FIELDS = (
+    "kind", "repo_id", "revision", "module", "gguf_file", "family", "tokenizer_from", "chat_template", "layers", "seed",
+    "training", "step",
+)
 
 
 def model_source(wildcards):
@@ -155,6 +160,11 @@ PROBE_FIGURES = {
 CAPTURED = config["probes"]["experiments"]
 
 
+def captured(wildcards):
+    """The model's captured experiments (a checkpoint's: localization only)."""
+    return dnconfig.captured(config, wildcards.model)
+
+
 def activation_files(wildcards):
     """Every shard's activation file per captured experiment."""
     return {
@@ -162,12 +172,12 @@ def activation_files(wildcards):
             f"results/{wildcards.model}/shards/{experiment}/{i}.activations.npz"
             for i in range(dnconfig.shard_count(config, wildcards.model, experiment))
         ]
-        for experiment in CAPTURED
+        for experiment in captured(wildcards)
     }
 
 
 def trial_inputs(wildcards):
-    return {f"trials_{experiment}": f"results/{wildcards.model}/{experiment}.csv" for experiment in CAPTURED}
+    return {f"trials_{experiment}": f"results/{wildcards.model}/{experiment}.csv" for experiment in captured(wildcards)}
 
 
 def probe_inputs(wildcards):
@@ -177,3 +187,43 @@ def probe_inputs(wildcards):
 
 def probe_figure_inputs(wildcards):
     return {"table": f"results/{wildcards.model}/{PROBE_FIGURES[wildcards.probe_figure]}.csv"}
+
+
+# Checkpoint dynamics (workflow/rules/dynamics.smk, src/dropnoise/checkpoints.py).
+SERIES = dncheckpoints.series_keys(config["models"])
+TRAINED = [key for key in SERIES if config["models"][key]["kind"] == "trained_tiny"]
+
+
+def dynamics_targets():
+    return [
+        path
+        for model in config["dynamics"]["models"]
+        for path in (f"results/{model}/dynamics.csv", *(f"paper_figures/{model}/dynamics.{ext}" for ext in ("pdf", "png")))
+    ]
+
+
+def prepare_inputs(wildcards):
+    """A trained_tiny entry (series or checkpoint) copies its checkpoint from the series' training run."""
+    entry = config["models"][wildcards.model]
+    if entry["kind"] != "trained_tiny":
+        return {}
+    return {"trained": f"resources/trained/{entry.get('checkpoint_of', wildcards.model)}"}
+
+
+def training_inputs(wildcards):
+    """The sentence source the tiny model is trained on (sentence_inputs without a model folder)."""
+    return {name: path for name, path in sentence_inputs(wildcards).items() if name != "model"}
+
+
+def checkpoint_steps(wildcards):
+    return dncheckpoints.steps(config["models"], wildcards.model)
+
+
+def dynamics_inputs(wildcards):
+    """Per checkpoint, in step order: its localization summary, probes and mutual information."""
+    keys = list(checkpoint_steps(wildcards))
+    return {
+        "summaries": [f"results/{key}/localization.summary.csv" for key in keys],
+        "probes": [f"results/{key}/probes.csv" for key in keys],
+        "mutual_information": [f"results/{key}/mutual_information.csv" for key in keys],
+    }
