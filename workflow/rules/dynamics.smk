@@ -16,6 +16,7 @@ rule train_tiny:
         "../../envs/inference.yaml"
     params:
         source=model_source,
+        steps=checkpoint_steps,
         sentences=config["sentences"],
         seed=config["seed"],
     threads: 2
