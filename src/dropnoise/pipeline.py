@@ -11,9 +11,7 @@ import io
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -37,30 +35,48 @@ def setup_logging(log_file: str | None) -> None:
     logging.captureWarnings(True)
 
 
-def prepare_model(key: str, config: dict, out: str | Path, root: str | Path = ".") -> None:
-    """Build the model folder in a temporary sibling and move it into place only when complete."""
+def prepare_model(key: str, config: dict, out: str | Path, root: str | Path = ".", trained: str | None = None) -> None:
+    """Build the model folder in a temporary sibling and move it into place only when complete (`trained`: the
+    training run's folder of a trained_tiny entry)."""
     from . import models
 
-    out = Path(out)
     entry = config["models"][key]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with outputs.staged_folder(out) as tmp:
         if entry["kind"] == "gguf_package":
             models.prepare_gguf_package(key, entry, tmp)
         elif entry["kind"] == "tiny":
-            source = config["models"][entry["tokenizer_from"]]
-            template = entry.get("chat_template")
-            text = (Path(root) / "data/chat_templates" / f"{template}.jinja").read_text() if template else None
-            models.prepare_tiny(key, entry, tmp, source, text)
+            models.prepare_tiny(key, entry, tmp, config["models"][entry["tokenizer_from"]], _chat_template(entry, root))
+        elif entry["kind"] == "trained_tiny":
+            models.prepare_trained(key, entry, tmp, Path(trained))
         else:
             models.prepare_hf(key, entry, tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("model folder ready: %s", out)
+
+
+def _chat_template(entry: dict, root: str | Path) -> str | None:
+    template = entry.get("chat_template")
+    return (Path(root) / "data/chat_templates" / f"{template}.jinja").read_text() if template else None
+
+
+def train_tiny(key: str, config: dict, out_dir: str, out_loss: str, root: str | Path = ".",
+               threads: int | None = None) -> None:
+    """Train a trained_tiny entry on the sentence source, drawn with its own seed; checkpoints land in a hidden
+    sibling of `out_dir`, renamed into place when training is complete."""
+    hub_offline()
+    import torch
+
+    from . import models, training
+    from .vocabulary import derive_seed
+
+    if threads:
+        torch.set_num_threads(threads)
+    entry = config["models"][key]
+    grammar = Path(root) / config["sentences"].get("grammar", "data/synthetic_grammar.yaml")
+    pool = sentences.candidates(config["sentences"], derive_seed(config["seed"], "training", key), grammar)
+    tokenizer = models.package_tokenizer(config["models"][entry["tokenizer_from"]])
+    with outputs.staged_folder(out_dir) as tmp:
+        losses = training.train(key, entry, tokenizer, pool, _chat_template(entry, root), tmp)
+    outputs.write_csv(losses, out_loss)
 
 
 def build_sentences(model_dir: str, config: dict, out: str, root: str | Path = ".") -> None:
@@ -431,4 +447,20 @@ def steering_table(model_key: str, model_dir: str, prompt_file: str, grid_file: 
     table = table[[*first, *[c for c in table if c not in first]]]
     mass = table[table.kind == "mass_mean"][["vector", "base", "scale", "logit_diff", "frac_noise", "ppl_ratio"]]
     log.info("mass-mean dose-response:\n%s", mass.to_string(index=False))
+    outputs.write_csv(table, out)
+
+
+def dynamics_table(steps: dict[str, int], summaries: list[str], probe_files: list[str], mi_files: list[str],
+                   out: str) -> None:
+    """results/{series}/dynamics.csv: every checkpoint's localization, best-layer probes and MI against step."""
+    from . import dynamics
+
+    points = [(step, key, pd.read_csv(summary, keep_default_na=False), pd.read_csv(probe_file), pd.read_csv(mi_file))
+              for (key, step), summary, probe_file, mi_file in zip(steps.items(), summaries, probe_files, mi_files)]
+    table = dynamics.table(points)
+    strongest = table[table.level == table.groupby(["metric", "task", "perturbation"])["level"].transform("max")]
+    shown = strongest[strongest.metric.isin(["verbal_accuracy", "probe_accuracy"])
+                      & (strongest.site.isna() | (strongest.site == "answer"))]
+    log.info("%d rows over %d checkpoints; accuracy at the strongest strength (probes: answer position):\n%s", len(table),
+             len(points), shown[["step", "metric", "task", "perturbation", "strength", "layer", "value"]].to_string(index=False))
     outputs.write_csv(table, out)

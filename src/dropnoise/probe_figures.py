@@ -1,5 +1,5 @@
-"""Figures inside the model: pure functions of probes.csv, represented_vs_reported.csv, mutual_information.csv
-and steering.csv, drawn with the shared style (dropnoise.style)."""
+"""Figures inside the model: pure functions of probes.csv, represented_vs_reported.csv, mutual_information.csv,
+steering.csv and a series' dynamics.csv, drawn with the shared style (dropnoise.style)."""
 
 from __future__ import annotations
 
@@ -32,12 +32,12 @@ def _label(row) -> str:
     return f"{'p' if row.perturbation == 'dropout' else 'σ'}={row.strength:g}"
 
 
-def _by_level(frame: pd.DataFrame, perturbation: str):
-    """(label, colour, rows) per strength level, light to dark."""
+def _by_level(frame: pd.DataFrame, perturbation: str, x: str = "layer"):
+    """(label, colour, rows sorted by `x`) per strength level, light to dark."""
     levels = sorted(frame.level.unique())
     colours = plt.get_cmap(COLORMAPS[perturbation])(np.linspace(0.35, 1.0, len(levels)))
     for level, colour in zip(levels, colours):
-        rows = frame[frame.level == level].sort_values("layer")
+        rows = frame[frame.level == level].sort_values(x)
         yield _label(rows.iloc[0]), colour, rows
 
 
@@ -171,6 +171,68 @@ def steering_dose_response(table: pd.DataFrame, stem) -> None:
     for r, (title, handles) in enumerate(legends):
         axes[r, -1].legend(handles=handles, title=title, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=6,
                            title_fontsize=6)
+
+
+# (metric, task, site, row label) per row of the dynamics figure; site None: the model's answer
+DYNAMICS_ROWS = (
+    ("verbal_accuracy", "which_sentence", None, "verbal answer\nwhich sentence"),
+    ("probe_accuracy", "which_sentence", "answer", "probe, answer position\nwhich sentence"),
+    ("probe_accuracy", "perturbed", "answer", "probe, answer position\nperturbed vs clean"),
+    ("nhsic_tx", "perturbed", "answer", "nHSIC(T; X = layer 0)\nperturbed vs clean"),
+    ("nhsic_ty_excess", "perturbed", "answer", "nHSIC(T; Y) − null\nperturbed vs clean"),
+)
+
+
+def step_axis(ax, steps) -> None:
+    """Log-scaled training steps when they span two decades or more (symlog when step 0 is among them)."""
+    positive = [s for s in steps if s > 0]
+    if positive and max(positive) >= 100 * min(positive):
+        ax.set_xscale("symlog", linthresh=min(positive)) if 0 in set(steps) else ax.set_xscale("log")
+
+
+def _accuracy_lines(ax, rows: pd.DataFrame, perturbation: str) -> None:
+    """One line per strength with its 95% band."""
+    for name, colour, level in _by_level(rows, perturbation, x="step"):
+        ax.plot(level.step, level.value, color=colour, lw=1.1, marker="o", ms=2, label=name)
+        ax.fill_between(level.step, level.ci_low, level.ci_high, color=colour, alpha=0.15, lw=0)
+    ax.axhline(0.5, **style.CHANCE_STYLE)
+    ax.set_ylim(-0.02, 1.12)
+    ax.legend(loc="upper left", ncol=4, fontsize=4.5, handlelength=1.2, columnspacing=0.8, borderaxespad=0.2)
+
+
+def _layer_lines(ax, rows: pd.DataFrame, perturbation: str) -> None:
+    """One line per layer at the strongest strength."""
+    strongest = rows[rows.level == rows.level.max()]
+    layers = sorted(strongest.layer.dropna().unique())
+    for layer, colour in zip(layers, plt.get_cmap("viridis")(np.linspace(0.0, 0.9, len(layers)))):
+        line = strongest[strongest.layer == layer].sort_values("step")
+        ax.plot(line.step, line.value, color=colour, lw=1.1, marker="o", ms=2, label=f"layer {int(layer)}")
+    if len(strongest):
+        ax.set_title(f"{_label(strongest.iloc[0])}", fontsize=6)
+
+
+def dynamics(table: pd.DataFrame, stem) -> None:
+    """Against training step, one column per perturbation: the model's localization accuracy, the answer-position
+    probe at its best layer, and nHSIC per layer (rows of DYNAMICS_ROWS that have data)."""
+    perturbations = [p for p in ("dropout", "noise") if p in set(table.perturbation)]
+    rows = [row for row in DYNAMICS_ROWS if ((table.metric == row[0]) & (table.task == row[1])).any()]
+    fig, axes = style.figure(ncols=len(perturbations), nrows=len(rows), width=0.75 * style.FULL_WIDTH,
+                             height=1.3 * len(rows), sharex=True)
+    for c, perturbation in enumerate(perturbations):
+        here = table[table.perturbation == perturbation]
+        for r, (metric, task, site, label) in enumerate(rows):
+            ax = axes[r, c]
+            selected = here[(here.metric == metric) & (here.task == task)]
+            selected = selected[selected.site.isna() if site is None else selected.site == site]
+            (_layer_lines if metric.startswith("nhsic") else _accuracy_lines)(ax, selected, perturbation)
+            if r == 0:
+                ax.set_title(perturbation)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=6)
+            if metric.startswith("nhsic") and c == len(perturbations) - 1:
+                ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=5)
+            step_axis(ax, table.step.unique())
+        axes[-1, c].set_xlabel("training step")
     style.save(fig, stem)
 
 
@@ -179,4 +241,5 @@ FIGURES = {
     "probes_represented_vs_reported": probes_represented_vs_reported,
     "mi_layers": mi_layers,
     "steering_dose_response": steering_dose_response,
+    "dynamics": dynamics,
 }

@@ -7,17 +7,18 @@ import yaml
 from snakemake.utils import validate
 
 try:
+    import dropnoise.checkpoints as dncheckpoints
     import dropnoise.config as dnconfig
     from dropnoise.labels import load_aliases
     from dropnoise.outputs import config_hash
-    from dropnoise.vocabulary import STATS_TABLES
-    from dropnoise.vocabulary import POOL_EXPERIMENTS
+    from dropnoise.vocabulary import POOL_EXPERIMENTS, STATS_TABLES
 except ImportError as err:
     raise ImportError(
         "the dropnoise library is not installed in this Python; run `make install` (or `pip install -e .`)"
     ) from err
 
 validate(config, schema="../schemas/config.schema.yaml")
+config["models"] = dncheckpoints.expand(config)  # every checkpoint of a series is a registry entry of its own
 dnconfig.check(config, root=workflow.basedir)
 
 MODELS = list(config["models"])
@@ -73,7 +74,7 @@ def all_targets():
         for model in figure_models(name)
         for ext in ("pdf", "png")
     ]
-    return per_experiment + tables + figures + density_targets() + probing_targets()
+    return per_experiment + tables + figures + density_targets() + probing_targets() + dynamics_targets()
 
 
 def probing_targets():
@@ -166,7 +167,10 @@ def provenance(wildcards):
 
 # Registry fields that determine a model folder; scheduling fields (gpus, mem_mb, runtime, batch_size, grids)
 # must not trigger a new download.
-SOURCE_FIELDS = ("kind", "repo_id", "revision", "module", "gguf_file", "family", "tokenizer_from", "chat_template", "layers", "seed")
+SOURCE_FIELDS = (
+    "kind", "repo_id", "revision", "module", "gguf_file", "family", "tokenizer_from", "chat_template", "layers", "seed",
+    "training", "step",
+)
 
 
 def model_source(wildcards):
@@ -312,6 +316,11 @@ PROBE_FIGURES = {
 CAPTURED = config["probes"]["experiments"]
 
 
+def captured(wildcards):
+    """The model's captured experiments (a checkpoint's: localization only)."""
+    return dnconfig.captured(config, wildcards.model)
+
+
 def activation_files(wildcards):
     """Every shard's activation file per captured experiment."""
     return {
@@ -319,12 +328,12 @@ def activation_files(wildcards):
             f"results/{wildcards.model}/shards/{experiment}/{i}.activations.npz"
             for i in range(dnconfig.shard_count(config, wildcards.model, experiment))
         ]
-        for experiment in CAPTURED
+        for experiment in captured(wildcards)
     }
 
 
 def trial_inputs(wildcards):
-    return {f"trials_{experiment}": f"results/{wildcards.model}/{experiment}.csv" for experiment in CAPTURED}
+    return {f"trials_{experiment}": f"results/{wildcards.model}/{experiment}.csv" for experiment in captured(wildcards)}
 
 
 def probe_inputs(wildcards):
@@ -351,3 +360,43 @@ def steering_inputs(wildcards):
 def steering_settings(wildcards):
     """What changes steering.csv besides its inputs (rerun triggers)."""
     return {"steering": config["probes"]["steering"], "perturbation": config["perturbation"], "seed": config["seed"]}
+
+
+# Checkpoint dynamics (workflow/rules/dynamics.smk, src/dropnoise/checkpoints.py).
+SERIES = dncheckpoints.series_keys(config["models"])
+TRAINED = [key for key in SERIES if config["models"][key]["kind"] == "trained_tiny"]
+
+
+def dynamics_targets():
+    return [
+        path
+        for model in config["dynamics"]["models"]
+        for path in (f"results/{model}/dynamics.csv", *(f"paper_figures/{model}/dynamics.{ext}" for ext in ("pdf", "png")))
+    ]
+
+
+def prepare_inputs(wildcards):
+    """A trained_tiny entry (series or checkpoint) copies its checkpoint from the series' training run."""
+    entry = config["models"][wildcards.model]
+    if entry["kind"] != "trained_tiny":
+        return {}
+    return {"trained": f"resources/trained/{entry.get('checkpoint_of', wildcards.model)}"}
+
+
+def training_inputs(wildcards):
+    """The sentence source the tiny model is trained on (sentence_inputs without a model folder)."""
+    return {name: path for name, path in sentence_inputs(wildcards).items() if name != "model"}
+
+
+def checkpoint_steps(wildcards):
+    return dncheckpoints.steps(config["models"], wildcards.model)
+
+
+def dynamics_inputs(wildcards):
+    """Per checkpoint, in step order: its localization summary, probes and mutual information."""
+    keys = list(checkpoint_steps(wildcards))
+    return {
+        "summaries": [f"results/{key}/localization.summary.csv" for key in keys],
+        "probes": [f"results/{key}/probes.csv" for key in keys],
+        "mutual_information": [f"results/{key}/mutual_information.csv" for key in keys],
+    }

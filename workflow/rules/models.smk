@@ -1,4 +1,6 @@
 rule prepare_model:
+    input:
+        unpack(prepare_inputs),
     output:
         directory("resources/models/{model}"),
     params:

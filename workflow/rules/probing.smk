@@ -26,7 +26,7 @@ if config["probes"]["enabled"]:
         conda:
             "../../envs/probing.yaml"
         params:
-            experiments=CAPTURED,
+            experiments=captured,
         localrule: True
         script:
             "../scripts/probes.py"
@@ -42,7 +42,7 @@ if config["probes"]["enabled"]:
         conda:
             "../../envs/probing.yaml"
         params:
-            experiments=CAPTURED,
+            experiments=captured,
         localrule: True
         script:
             "../scripts/represented_vs_reported.py"
@@ -58,7 +58,7 @@ if config["probes"]["enabled"]:
         conda:
             "../../envs/probing.yaml"
         params:
-            experiments=CAPTURED,
+            experiments=captured,
         localrule: True
         script:
             "../scripts/mutual_information.py"
