@@ -171,6 +171,7 @@ def steering_dose_response(table: pd.DataFrame, stem) -> None:
     for r, (title, handles) in enumerate(legends):
         axes[r, -1].legend(handles=handles, title=title, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=6,
                            title_fontsize=6)
+    style.save(fig, stem)
 
 
 # (metric, task, site, row label) per row of the dynamics figure; site None: the model's answer
