@@ -93,7 +93,7 @@ if config["probes"]["enabled"]:
             pdf="paper_figures/{model}/{probe_figure}.pdf",
             png=report(
                 "paper_figures/{model}/{probe_figure}.png",
-                caption="../report/{probe_figure}.rst",
+                caption="../report/caption.rst",
                 category="Inside the model",
                 subcategory="{model}",
                 labels={"model": "{model}", "figure": "{probe_figure}"},
@@ -105,6 +105,7 @@ if config["probes"]["enabled"]:
         wildcard_constraints:
             probe_figure="|".join(PROBE_FIGURES),
         params:
+            caption=lambda wildcards: CAPTIONS[wildcards.probe_figure],
             provenance=provenance,
         localrule: True
         script:
