@@ -156,6 +156,29 @@ def test_source_contrast_compares_sources_at_matched_strength():
     assert alone.source_p.isna().all() and alone.status.str.contains("one source").all()
 
 
+def test_a_mixed_pool_tags_each_source_and_keeps_the_main_sources_ids(smol_tokenizer, tmp_path):
+    """sentences.mix adds a second source to the pool (what the source contrast compares)."""
+    from dropnoise import pipeline, sentences
+
+    smol_tokenizer.save_pretrained(tmp_path / "tokenizer")
+    natural = tmp_path / "natural.txt"  # stands in for natural text: any file, one sentence per line
+    natural.write_text("\n".join(s for _, s in zip(range(3000), sentences.Grammar(ROOT / "data/synthetic_grammar.yaml").sentences(99))))
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["sentences"] = {"source": "synthetic", "per_bucket": 5, "max_candidates": 20_000,
+                           "grammar": str(ROOT / "data/synthetic_grammar.yaml")}
+    config["experiments"] = {"localization": {**config["experiments"]["localization"], "buckets": [7, 11]}}
+    alone = tmp_path / "alone.csv"
+    pipeline.build_sentences(tmp_path / "tokenizer", config, alone)
+    config["sentences"]["mix"] = [{"source": "file", "path": str(natural)}]
+    mixed = tmp_path / "mixed.csv"
+    pipeline.build_sentences(tmp_path / "tokenizer", config, mixed)
+    alone, mixed = pd.read_csv(alone), pd.read_csv(mixed)
+    assert mixed.groupby(["source", "sentence_tokens"]).size().to_dict() == {
+        (source, n): 5 for source in ("file", "synthetic") for n in (7, 11)}
+    assert mixed.sentence_id.is_unique
+    pd.testing.assert_frame_equal(mixed[mixed.source == "synthetic"].reset_index(drop=True), alone)
+
+
 def test_figures_draw_every_strength_and_every_fit():
     trials = planted_trials(0.8)
     deciles = density_figures.deciles_figure({("m", "localization"): trials})

@@ -31,10 +31,10 @@ MODELS = yaml.safe_load((ROOT / "config.yaml").read_text())["models"]
 SHARD = "results/{model}/shards/localization/0.csv"
 # The real-cluster test: presets/ci.yaml on one model and the two localization experiments (12 jobs, 6 of them
 # submitted; with zero_shot and few_shot too: 23 jobs, 12 submitted, and about 5.5 instead of 3 minutes). The
-# preset's probes capture zero_shot too, so tests/slurm/no_probes.yaml turns them off (--config passes strings).
+# preset's extensions (probes, dynamics, density) are off through tests/slurm/extensions_off.yaml (--config passes strings).
 TINY_EXPERIMENTS = ["localization", "localization_control"]
 TINY_RUN = [
-    "--configfile", "presets/ci.yaml", str(ROOT / "tests/slurm/no_probes.yaml"),
+    "--configfile", "presets/ci.yaml", str(ROOT / "tests/slurm/extensions_off.yaml"),
     "--config", f"run={{models: [tiny-llama], experiments: [{', '.join(TINY_EXPERIMENTS)}]}}",
 ]
 

@@ -83,8 +83,14 @@ def check(config: dict, root: str | Path = ".") -> None:
         if config["probes"]["steering"]["enabled"]:
             problems += _steering_problems(config, aliases)
     problems += _dynamics_problems(config)
-    if config["sentences"]["source"] == "file" and not (root / config["sentences"]["path"]).exists():
-        problems.append(f"sentences.path: file '{config['sentences']['path']}' does not exist")
+    sources = [config["sentences"], *config["sentences"].get("mix", [])]
+    for i, source in enumerate(sources):
+        where = "sentences" if i == 0 else f"sentences.mix[{i - 1}]"
+        if source["source"] == "file" and not (root / source["path"]).exists():
+            problems.append(f"{where}.path: file '{source['path']}' does not exist")
+    kinds = [source["source"] for source in sources]
+    if len(set(kinds)) < len(kinds):
+        problems.append(f"sentences.mix: sources {kinds} repeat a kind; the pool's `source` column must tell them apart")
     corpus = config["density"]["corpus"]
     if config["density"]["enabled"] and corpus["source"] == "file" and not (root / corpus["path"]).exists():
         problems.append(f"density.corpus.path: file '{corpus['path']}' does not exist")

@@ -84,21 +84,27 @@ def build_sentences(model_dir: str, config: dict, out: str, root: str | Path = "
 
     settings = config["sentences"]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    grammar = Path(root) / settings.get("grammar", "data/synthetic_grammar.yaml")
-    pool = sentences.bucket(
-        sentences.candidates(settings, config["seed"], grammar),
-        tokenizer,
-        dnconfig.sentence_buckets(config),
-        settings["per_bucket"],
-        settings["max_candidates"],
-    )
-    counts = pool.groupby("sentence_tokens").size().to_dict()
-    log.info("sentences per bucket (%s source): %s", settings["source"], counts)
-    short = {n: c for n, c in counts.items() if c < settings["per_bucket"]}
-    if short:
-        log.warning("buckets below per_bucket=%d: %s (trials sample with replacement)", settings["per_bucket"], short)
-    pool.insert(0, "source", settings["source"])
-    outputs.write_csv(pool, out)
+    parts = []
+    for i, source in enumerate([settings, *settings.get("mix", [])]):
+        grammar = Path(root) / source.get("grammar", settings.get("grammar", "data/synthetic_grammar.yaml"))
+        pool = sentences.bucket(
+            sentences.candidates(source, config["seed"], grammar),
+            tokenizer,
+            dnconfig.sentence_buckets(config),
+            settings["per_bucket"],
+            settings["max_candidates"],
+        )
+        counts = pool.groupby("sentence_tokens").size().to_dict()
+        log.info("sentences per bucket (%s source): %s", source["source"], counts)
+        short = {n: c for n, c in counts.items() if c < settings["per_bucket"]}
+        if short:
+            log.warning("%s source: buckets below per_bucket=%d: %s (trials sample with replacement)",
+                        source["source"], settings["per_bucket"], short)
+        if i:  # the main source keeps its ids, so adding a source leaves the others' ids alone
+            pool["sentence_id"] = source["source"] + "-" + pool["sentence_id"]
+        pool.insert(0, "source", source["source"])
+        parts.append(pool)
+    outputs.write_csv(pd.concat(parts, ignore_index=True), out)
 
 
 def hub_offline() -> None:

@@ -229,10 +229,11 @@ def sentence_inputs(wildcards):
     """The model folder (its tokenizer counts tokens) and the source file the pool is drawn from."""
     settings = config["sentences"]
     inputs = {"model": model_folder(wildcards)}
-    if settings["source"] == "synthetic":
-        inputs["grammar"] = settings.get("grammar", "data/synthetic_grammar.yaml")
-    elif settings["source"] == "file":
-        inputs["sentences"] = settings["path"]
+    for source in [settings, *settings.get("mix", [])]:
+        if source["source"] == "synthetic":
+            inputs.setdefault("grammar", []).append(source.get("grammar", settings.get("grammar", "data/synthetic_grammar.yaml")))
+        elif source["source"] == "file":
+            inputs.setdefault("sentences", []).append(source["path"])
     return inputs
 
 
