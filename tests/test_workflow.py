@@ -196,6 +196,10 @@ def test_tiny_preset_end_to_end(tmp_path):
     assert set(dependence.experiment) == {"localization", "zero_shot", "few_shot"}
     for stem in ("density_deciles", "density_odds_ratios"):
         assert (work / f"paper_figures/{stem}.png").stat().st_size and (work / f"paper_figures/{stem}.pdf").exists()
+    # the preset's pool mixes two sources (sentences.mix): localization draws from both, and they are contrasted
+    contrast = pd.read_csv(work / "results/stats/density_source_contrast.csv")
+    localization = contrast[contrast.experiment == "localization"]
+    assert set(localization.source) == {"synthetic", "file"} and localization.source_p.between(0, 1).all()
     check_dynamics_outputs(work, preset)
     assert not list(work.rglob("*.tmp"))
 
