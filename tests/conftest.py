@@ -27,9 +27,10 @@ def smol_tokenizer(paper_config):
     return models.package_tokenizer(paper_config["models"]["smollm2-135m"])
 
 
-def build_tiny(family: str, vocab_size: int = 256, n_layers: int = 2, seed: int = 0):
+def build_tiny(family: str, vocab_size: int = 256, n_layers: int = 2, seed: int = 0, window: int = 16):
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(models.tiny_config(family, vocab_size, n_layers), dtype=torch.float32)
+    config = models.tiny_config(family, vocab_size, n_layers, window)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return model.eval()
 
 

@@ -68,6 +68,42 @@ def test_prefix_reuse_matches_full_recompute(family, shape, shapes, smol_tokeniz
     assert (clean.groupby("trial_id").first() != perturbed.groupby("trial_id").first()).all()  # spans did matter
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_trials_of_one_template_share_their_prefix_once(family, shapes, smol_tokenizer):
+    """One condition per trial, as in a shard of the paper's grid: the only reuse left is across trials, and it
+    keeps the scores of full recompute (a sliding window wide enough never to bind)."""
+    trials, _ = shapes["few_shot"]
+    conditions = [{"dropout": 0.4, "noise": 1.5}]
+    model = build_tiny(family, vocab_size=len(smol_tokenizer), n_layers=3, window=4096)
+    full, full_work = run(model, smol_tokenizer, trials, conditions, prefix_cache=False, batch_size=8)
+    cached, work = run(model, smol_tokenizer, trials, conditions, prefix_cache=True, batch_size=8)
+    assert work.computed_tokens < full_work.computed_tokens - len(trials)  # shared tokens ran once per group
+    for column in SCORES:
+        assert cached[column].to_numpy() == pytest.approx(full[column].to_numpy(), abs=1e-4, rel=1e-4), column
+
+
+def test_a_binding_sliding_window_keeps_trials_apart(shapes, smol_tokenizer):
+    """Pads after a shared prefix would shift a binding sliding window, so such groups share nothing across trials
+    (and still match full recompute, which test_prefix_reuse_matches_full_recompute checks)."""
+    trials, _ = shapes["few_shot"]
+    conditions = [{"dropout": 0.4, "noise": 1.5}]
+    model = build_tiny("gemma3", vocab_size=len(smol_tokenizer), n_layers=3)
+    assert models.attention_window(model) == 16 < min(t["n_prompt_tokens"] for t in trials)
+    assert models.attention_window(build_tiny("llama")) is None
+    _, full_work = run(model, smol_tokenizer, trials, conditions, prefix_cache=False, batch_size=8)
+    _, work = run(model, smol_tokenizer, trials, conditions, prefix_cache=True, batch_size=8)
+    assert work.computed_tokens == full_work.computed_tokens
+
+
+def test_pads_go_after_the_shared_prefix():
+    ids, mask, positions, offsets = engine.pad_left([[5, 6, 7, 8], [5, 6, 9]], 0, "cpu", after=2)
+    assert ids.tolist() == [[5, 6, 7, 8], [5, 6, 0, 9]]
+    assert mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 1]]
+    assert positions.tolist()[1][3] == 2 and offsets == [0, 1]  # token 2 of row 1 sits at column 1 + 2
+    assert engine.common_prefix([[5, 6, 7], [5, 6, 9], [5, 6]]) == 2
+    assert engine.common_prefix([[5], [4]]) == 0
+
+
 def test_batch_size_does_not_change_cached_scores(shapes, smol_tokenizer):
     trials, conditions = shapes["few_shot"]
     model = build_tiny("gemma3", vocab_size=len(smol_tokenizer), n_layers=3)

@@ -6,8 +6,10 @@ condition, so a row does not depend on which trials shared its batch.
 
 Prefix reuse: every token before a trial's first perturbable span is the same under all of its conditions. A batch
 of trials runs that prefix once, keeps its key/value cache, and then runs only the suffixes, one row per distinct
-condition (the no-op conditions share one clean row), with the cache rows repeated along the batch. The hooks
-address spans relative to the suffix, and each span draws from its own seeded generator, so the draws and the
+condition (the no-op conditions share one clean row), with the cache rows repeated along the batch. Trials are
+ordered by their prefix tokens, so the trials of one template variant fall into the same groups, and the tokens a
+group's prefixes share run once for the whole group (one shard often runs each trial under a single condition,
+where this is the only reuse there is). The hooks address spans relative to the suffix, and each span draws from its own seeded generator, so the draws and the
 scores are those of full recompute. Families not proven to match (models.PREFIX_CACHE_FAMILIES) recompute the whole
 prompt, and the log says so.
 """
@@ -95,14 +97,26 @@ def split_point(trial: dict) -> int:
     return min(first, trial["n_prompt_tokens"] - 1)
 
 
-def pad_left(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
-    """Left-padded ids, attention mask, position ids that start at 0 on each row's first real token, offsets."""
+def pad_left(rows: list[list[int]], pad_id: int, device, after: int = 0):
+    """Padded ids, attention mask, position ids that count each row's real tokens from 0, and offsets (pads per
+    row). The pads go after the first `after` tokens, a prefix every row shares (so it fills one column range and
+    its key/value cache can be computed once); after = 0 is left padding. A row's token t >= after sits at column
+    offsets[b] + t."""
     width = max(map(len, rows))
     offsets = [width - len(r) for r in rows]
-    ids = torch.tensor([[pad_id] * o + r for o, r in zip(offsets, rows)], device=device)
-    mask = torch.tensor([[0] * o + [1] * len(r) for o, r in zip(offsets, rows)], device=device)
+    ids = torch.tensor([r[:after] + [pad_id] * o + r[after:] for o, r in zip(offsets, rows)], device=device)
+    mask = torch.tensor([[1] * after + [0] * o + [1] * (len(r) - after) for o, r in zip(offsets, rows)], device=device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     return ids, mask, positions, offsets
+
+
+def common_prefix(rows: list[list[int]]) -> int:
+    """Length of the longest token prefix all rows share."""
+    shortest = min(map(len, rows))
+    for n in range(shortest):
+        if any(r[n] != rows[0][n] for r in rows):
+            return n
+    return shortest
 
 
 # Rows per pass that `batch_size: auto` never exceeds: on CPU larger batches add padding but hardly any speed.
@@ -175,13 +189,20 @@ def _groups(order: list[int], sizes: list[int], batch_size: int):
         yield group
 
 
-def _run_group(model, perturber, capture, trials, group, encoded, splits, passes, pad_id, device, batch_size, work):
-    """Run one group of trials: the shared prefix once, then every (trial, pass) suffix in batches of rows.
+def _run_group(model, perturber, capture, trials, group, encoded, splits, passes, pad_id, device, batch_size, work,
+               window=None):
+    """Run one group of trials: their prefixes once, then every (trial, pass) suffix in batches of rows.
     Each trial is split `suffix` tokens before its end, the group's longest suffix, so that all suffixes have
-    one length and the left-padded prefixes line up in the cache. Spans and captured positions are addressed
-    relative to the suffix (every span starts at or after its trial's split)."""
+    one length and the padded prefixes line up in the cache. The tokens every prefix of the group shares (the
+    chat template and instructions of one template variant) run once, on one row; the pads go after them. That
+    holds the scores of full recompute only where no sliding attention window (`window`) can bind, so longer
+    groups are left-padded and share nothing across trials. Spans and captured positions are addressed relative
+    to the suffix (every span starts at or after its trial's split)."""
     suffix = max(len(encoded[i]) - splits[i] for i in group)
-    ids, mask, positions, offsets = pad_left([encoded[i] for i in group], pad_id, device)
+    shared = common_prefix([encoded[i][: len(encoded[i]) - suffix] for i in group]) if len(group) > 1 else 0
+    if window is not None and max(len(encoded[i]) for i in group) > window:
+        shared = 0
+    ids, mask, positions, offsets = pad_left([encoded[i] for i in group], pad_id, device, after=shared)
     prefix = ids.shape[1] - suffix
     cache = None
     if prefix > 0:
@@ -189,9 +210,14 @@ def _run_group(model, perturber, capture, trials, group, encoded, splits, passes
         if capture is not None:
             capture.clear()
         cache = DynamicCache(config=model.config)
-        model(input_ids=ids[:, :prefix], attention_mask=mask[:, :prefix], position_ids=positions[:, :prefix],
-              past_key_values=cache, use_cache=True, logits_to_keep=1)
-        work.computed_tokens += prefix * len(group)
+        if shared:
+            model(input_ids=ids[:1, :shared], attention_mask=mask[:1, :shared], position_ids=positions[:1, :shared],
+                  past_key_values=cache, use_cache=True, logits_to_keep=1)
+            cache = _rows_of(cache, torch.zeros(len(group), dtype=torch.long, device=device))
+        if prefix > shared:
+            model(input_ids=ids[:, shared:prefix], attention_mask=mask[:, :prefix],
+                  position_ids=positions[:, shared:prefix], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        work.computed_tokens += shared + (prefix - shared) * len(group)
     rows = [(g, i, key) for g, i in enumerate(group) for key in passes[i]]
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
@@ -268,7 +294,11 @@ def run(
                 members.append((i, key))
         plan.append((condition, members))
     splits = [split_point(t) if prefix_cache else 0 for t in trials]
-    order = sorted((i for i in range(len(trials)) if passes[i]), key=lambda i: (len(encoded[i]) - splits[i], len(encoded[i])))
+    window = models.attention_window(model)
+    # Trials with equal suffix lengths together (no padding in the suffix passes), and among them those with the
+    # same prefix (template variant), so that a group shares it.
+    order = sorted((i for i in range(len(trials)) if passes[i]),
+                   key=lambda i: (len(encoded[i]) - splits[i], encoded[i][: splits[i]], len(encoded[i])))
     groups = list(_groups(order, [len(p) for p in passes], batch_size))
     bar = tqdm(total=sum(-(-sum(len(passes[i]) for i in g) // batch_size) for g in groups), desc="forward passes",
                unit="batch", disable=not progress)
@@ -276,7 +306,7 @@ def run(
     with SpanPerturber(model, sites=sites, layers=layers) as perturber, capture or nullcontext(), torch.inference_mode():
         for group in groups:
             for keys, logits in _run_group(model, perturber, capture, trials, group, encoded, splits, passes, pad_id,
-                                           device, batch_size, work):
+                                           device, batch_size, work, window):
                 answers = [trials[i]["answer"] for i, _ in keys]
                 scored.update(zip(keys, scoring.score(logits, answers, tokens, tokenizer.decode)))
                 bar.update()

@@ -101,7 +101,7 @@ def prepare_gguf_package(key: str, entry: dict, out: Path) -> None:
     write_marker(out, key, entry, revision=f"{entry['module']}:{entry['gguf_file']}")
 
 
-def tiny_config(family: str, vocab_size: int, n_layers: int = 2):
+def tiny_config(family: str, vocab_size: int, n_layers: int = 2, window: int = 16):
     import transformers
 
     if family not in TINY_CONFIG_CLASSES:
@@ -121,7 +121,7 @@ def tiny_config(family: str, vocab_size: int, n_layers: int = 2):
     )
     if family in SLIDING_FAMILIES:
         kwargs.update(
-            sliding_window=16,
+            sliding_window=window,
             use_sliding_window=True,
             layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)],
         )
@@ -223,6 +223,15 @@ def load(folder: str | Path, dtype: str = "auto", device: str = "auto"):
 
 def shares_prefix_cache(model) -> bool:
     return model.config.model_type in PREFIX_CACHE_FAMILIES
+
+
+def attention_window(model) -> int | None:
+    """The sliding attention window of the model's sliding layers; None where every layer sees every token."""
+    config = model.config.get_text_config(decoder=True)
+    types = getattr(config, "layer_types", None)
+    if types is not None and "sliding_attention" not in types:
+        return None
+    return getattr(config, "sliding_window", None)
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
