@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -46,6 +47,9 @@ def arguments():
     parser.add_argument("--batch-size", default="auto", help="engine rows per pass, or auto")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads")
     parser.add_argument("--skip-naive", action="store_true", help="time the engine only (large GPU models)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="time both ways this many times, alternating, and report medians (a shared machine's "
+                             "speed drifts)")
     return parser.parse_args()
 
 
@@ -117,12 +121,23 @@ def main():
         trials, conditions, letters = workload(experiment, tokenizer, args)
         # warm-up outside the timings (allocator, kernels)
         engine.run(model, tokenizer, trials[:1], conditions[:1], letters, SEED, batch_size=1, progress=False)
-        work = engine.Work()
-        ours, seconds, memory = timed(device, lambda: engine.run(
-            model, tokenizer, trials, conditions, letters, SEED, batch_size=batch_size, progress=False, work=work))
+        engine_times, naive_times, memory, naive_memory = [], [], 0, 0
+        for _ in range(args.repeats):  # alternating, so drift in the machine's speed hits both ways alike
+            work = engine.Work()
+            ours, seconds, peak_memory = timed(device, lambda: engine.run(
+                model, tokenizer, trials, conditions, letters, SEED, batch_size=batch_size, progress=False, work=work))
+            engine_times.append(seconds)
+            memory = max(memory, peak_memory)
+            if not args.skip_naive:
+                reference = engine.Work()
+                naive, naive_seconds, peak_memory = timed(device, lambda: benchmark.reference_run(
+                    model, tokenizer, trials, conditions, letters, SEED, work=reference))
+                naive_times.append(naive_seconds)
+                naive_memory = max(naive_memory, peak_memory)
+        seconds = statistics.median(engine_times)
         lengths = [t["n_prompt_tokens"] for t in trials]
         print(f"\n{experiment}: {len(trials)} trials x {len(conditions)} conditions = {len(ours)} scored rows, "
-              f"prompts of {min(lengths)}-{max(lengths)} tokens")
+              f"prompts of {min(lengths)}-{max(lengths)} tokens; median of {args.repeats} timing(s)")
         print(f"  engine:    {len(ours) / seconds:8.2f} trials/s  {work.prompt_tokens / seconds:9.0f} prompt tokens/s  "
               f"peak memory {memory / 2**20:7.0f} MiB  ({seconds:.1f} s; {work.summary()})")
         flops = benchmark.forward_flops(model, work, work.passes)
@@ -130,16 +145,16 @@ def main():
               f"matmul throughput")
         if args.skip_naive:
             continue
-        reference = engine.Work()
-        naive, naive_seconds, naive_memory = timed(device, lambda: benchmark.reference_run(
-            model, tokenizer, trials, conditions, letters, SEED, work=reference))
+        naive_seconds = statistics.median(naive_times)
         naive_flops = benchmark.forward_flops(model, reference, reference.computed_tokens)
         print(f"  naive:     {len(naive) / naive_seconds:8.2f} trials/s  "
               f"{reference.prompt_tokens / naive_seconds:9.0f} prompt tokens/s  peak memory "
               f"{naive_memory / 2**20:7.0f} MiB  ({naive_seconds:.1f} s; {naive_flops / naive_seconds / peak:.0%} of "
               f"the matmul throughput)")
         differ, gap = agreement(naive, ours)
-        print(f"  ratio engine/naive: {naive_seconds / seconds:.2f}x; predictions "
+        ratios = sorted(n / e for n, e in zip(naive_times, engine_times))
+        spread = f" (each timing: {', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""
+        print(f"  ratio engine/naive: {naive_seconds / seconds:.2f}x{spread}; predictions "
               f"{'identical' if differ == 0 else f'DIFFER in {differ} of {len(ours)} rows'} "
               f"(largest option-logit difference {gap:.2e})")
 
