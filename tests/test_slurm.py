@@ -50,7 +50,8 @@ localhost_cluster = _load("localhost_cluster", ROOT / "tests/slurm/localhost_clu
 
 
 def render(tmp_path: Path, profile: Path | str, targets: list[str], cli: list[str] = ()) -> dict:
-    """{target: {"rule", "resources", "threads", "sbatch", "srun"}}: what the plugin would submit (render_sbatch.py)."""
+    """{target: {"rule", "resources", "threads", "sbatch", "srun", "local"}}: what the plugin would submit
+    (render_sbatch.py)."""
     out = tmp_path / f"render-{len(list(tmp_path.glob('render-*')))}.json"
     cmd = [sys.executable, str(RENDER), str(profile), *targets, "--out", str(out)]
     if cli:
@@ -94,6 +95,23 @@ def test_gpu_requests_become_sbatch_gpus_in_one_task(tmp_path):
         sbatch = options(jobs[target]["sbatch"])
         assert not any("gpu" in o for o in sbatch) and "-p" not in sbatch, jobs[target]["sbatch"]
         assert "--ntasks=1" in sbatch and "--cpus-per-task=1" in sbatch
+
+
+def test_probes_and_mutual_information_are_cpu_jobs_sized_from_their_inputs(tmp_path):
+    """They load every captured activation (gigabytes for the paper models), so they are submitted as CPU jobs, not
+    run on the submit host; their memory follows the activation files, so a dry run, before the capture runs have
+    written them, cannot know it yet."""
+    overlay = tmp_path / "probes_on.yaml"
+    overlay.write_text("probes:\n  enabled: true\n")
+    targets = ["results/qwen32b/probes.csv", "results/qwen32b/mutual_information.csv",
+               "results/qwen32b/represented_vs_reported.csv"]
+    jobs = render(tmp_path, "profiles/slurm", targets, cli=["--configfile", "config.yaml", str(overlay)])
+    for target, runtime in zip(targets[:2], (240, 120)):
+        job = jobs[target]
+        sbatch = options(job["sbatch"])
+        assert not job["local"] and sbatch[sbatch.index("-t") + 1] == str(runtime), job["sbatch"]
+        assert not any("gpu" in o for o in sbatch) and job["resources"]["mem_mb"] == "<TBD>"
+    assert jobs[targets[2]]["local"]  # a join of two small tables stays on the submit host
 
 
 def test_gres_alternative_renders_gres_instead_of_gpus(tmp_path):

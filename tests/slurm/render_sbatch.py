@@ -7,7 +7,8 @@ Loads PROFILE the way `snakemake --workflow-profile PROFILE` does (Snakemake's o
 Snakemake evaluate each job's resources (rule functions, `attempt`, profile expressions over wildcards), and renders
 them with the plugin's own code: `submit_string.get_submit_command` + `utils.set_gres_string` (the sbatch call; the
 account is left out: resolving it asks sacctmgr) and the jobstep plugin's `srun` options (what runs inside the
-allocation). Prints (or writes to --out) JSON: {target: {"rule", "resources", "threads", "sbatch", "srun"}}.
+allocation). Prints (or writes to --out) JSON: {target: {"rule", "resources", "threads", "sbatch", "srun", "local"}} ("local":
+a localrule, which runs on the submit host and is never submitted).
 Run it from the workflow's root. Extra Snakemake arguments (e.g. `--configfile x.yaml`, `--profile p`) go after --cli.
 """
 
@@ -81,6 +82,7 @@ def render(profile: str, targets: list[str], cli: list[str]) -> dict:
             resources = {k: v for k, v in job.resources.items() if not k.startswith("_") and isinstance(v, (int, str))}
             out[target] = {
                 "rule": job.name, "resources": resources, "threads": job.threads, "sbatch": sbatch, "srun": srun,
+                "local": job.rule.name in workflow._localrules,  # job.is_local: True for any job here (local exec)
             }
     missing = set(targets) - set(out)
     if missing:

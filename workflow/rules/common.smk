@@ -342,6 +342,13 @@ def probe_inputs(wildcards):
     return {**inputs, **trial_inputs(wildcards)}
 
 
+def activation_mem_mb(wildcards, input, attempt):
+    """Probes and mutual information hold every captured activation in float32 (twice the float16 files) plus
+    per-fold copies: about six times the inputs, at least 4 GB. Cluster jobs, since at the paper's sizes that is
+    gigabytes (64 layers x 5,120 dimensions x thousands of rows) that a submit host should not load."""
+    return attempt * max(4000, 6 * int(input.size_mb))
+
+
 def probe_figure_inputs(wildcards):
     return {"table": f"results/{wildcards.model}/{PROBE_FIGURES[wildcards.probe_figure]}.csv"}
 

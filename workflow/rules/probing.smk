@@ -27,7 +27,8 @@ if config["probes"]["enabled"]:
             "../../envs/probing.yaml"
         params:
             experiments=captured,
-        localrule: True
+        resources:
+            mem_mb=activation_mem_mb,
         script:
             "../scripts/probes.py"
 
@@ -59,7 +60,8 @@ if config["probes"]["enabled"]:
             "../../envs/probing.yaml"
         params:
             experiments=captured,
-        localrule: True
+        resources:
+            mem_mb=activation_mem_mb,
         script:
             "../scripts/mutual_information.py"
 
