@@ -44,6 +44,8 @@ def arguments():
     parser.add_argument("--trials", type=int, default=12, help="base trials per experiment")
     parser.add_argument("--dropout", type=float, nargs="+", default=[0.0, 0.2, 0.5, 0.8])
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.5, 2.0, 8.0])
+    parser.add_argument("--aliases", nargs="+", default=["paper"],
+                        help="zero-shot label aliases or alias groups (default: the paper's 8 zero-shot aliases)")
     parser.add_argument("--batch-size", default="auto", help="engine rows per pass, or auto")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads")
     parser.add_argument("--skip-naive", action="store_true", help="time the engine only (large GPU models)")
@@ -69,7 +71,8 @@ def load(args):
 
 
 def workload(experiment: str, tokenizer, args):
-    """Trials and conditions shaped like one shard of the demo: every condition of the grid on the same trials."""
+    """Trials and conditions shaped like a shard: every condition of the grid on the same trials; zero-shot trials
+    rendered under every alias (as the paper's zero-shot runs: each base trial under each of its 8 aliases)."""
     template = prompts.load_template(ROOT / f"data/prompts/{experiment}.yaml", tasks.PLACEHOLDERS[experiment])
     grammar = sentences.Grammar(ROOT / "data/synthetic_grammar.yaml")
     buckets = [7, 15, 23] if experiment == "localization" else [15]
@@ -78,7 +81,7 @@ def workload(experiment: str, tokenizer, args):
         trials = tasks.localization_trials(tokenizer, template, pool, buckets, -(-args.trials // len(buckets)), SEED)
         conditions = tasks.conditions({"dropout": args.dropout, "noise": args.noise})
     else:
-        settings = {"bucket": 15, "mode": "single_class", "aliases": ["dropout_noise"],
+        settings = {"bucket": 15, "mode": "single_class", "aliases": args.aliases,
                     "samples_per_condition": -(-args.trials // 2)}
         trials = tasks.zero_shot_trials(tokenizer, template, pool, load_aliases(ROOT / "data/aliases.yaml"), settings, SEED)
         conditions = [{"dropout": p} for p in args.dropout if p > 0] + [{"noise": s} for s in args.noise if s > 0]

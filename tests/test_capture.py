@@ -70,6 +70,37 @@ def test_capture_does_not_depend_on_batching_or_prefix_reuse(trials, smol_tokeni
         np.testing.assert_allclose(one.rows[key].astype(np.float32), many.rows[key].astype(np.float32), atol=2e-3)
 
 
+def test_capture_is_the_same_when_renderings_share_a_stem(smol_tokenizer):
+    """Zero-shot aliases share their perturbed stem: the span sites are read in the stem pass, the answer site in
+    each rendering's own pass, and all three equal what full recompute records."""
+    from dropnoise.labels import load_aliases
+
+    template = prompts.load_template(ROOT / "data/prompts/zero_shot.yaml", tasks.PLACEHOLDERS["zero_shot"])
+    pool = sentences.bucket(sentences.Grammar(ROOT / "data/synthetic_grammar.yaml").sentences(seed=5),
+                            smol_tokenizer, [15], 6, 20_000)
+    settings = {"bucket": 15, "mode": "single_class", "aliases": ["dropout_noise", "x_y", "masking_jitter"],
+                "samples_per_condition": 2}
+    trials = tasks.zero_shot_trials(smol_tokenizer, template, pool, load_aliases(ROOT / "data/aliases.yaml"),
+                                    settings, seed=5)
+    conditions = [{"dropout": 0.0}, {"dropout": 0.5}, {"noise": 2.0}]
+    model = build_tiny("llama", vocab_size=len(smol_tokenizer), n_layers=2)
+    selection = capture.Selection(frozenset(t["trial_id"] for t in trials), {"dropout": frozenset([0.5]),
+                                  "noise": frozenset([2.0])}, capture.layer_indices(2, 1))
+    recorded = {}
+    for reuse in (False, True):
+        recorder = capture.ActivationCapture(model, selection)
+        work = engine.Work()
+        engine.run(model, smol_tokenizer, trials, conditions, ("A", "B"), seed=1, batch_size=4, progress=False,
+                   capture=recorder, prefix_cache=reuse, work=work)
+        recorded[reuse] = (recorder.rows, work)
+    (full, full_work), (stems, work) = recorded[False], recorded[True]
+    assert work.computed_tokens < 0.5 * full_work.computed_tokens  # the stems were shared
+    # dropout trials: a clean and a perturbed row; noise trials: a perturbed row
+    assert full.keys() == stems.keys() and len(full) == sum(1 + (t["target"] == "dropout") for t in trials)
+    for key in full:
+        np.testing.assert_allclose(stems[key].astype(np.float32), full[key].astype(np.float32), atol=2e-3)
+
+
 def test_selection_keeps_sampled_trials_spread_strengths_and_layer_zero():
     ids = list(range(100))
     picked = capture.sample_trials(ids, 10, seed=3, experiment="localization")

@@ -1,6 +1,7 @@
-"""Prefix reuse: running each trial's unperturbed prefix once and its suffix under every condition gives the scores
-of full recompute, on tiny models of every family (sliding-window layers and post-norms included), for
-localization prompts (one span) and few-shot prompts (several perturbed spans, the first one early)."""
+"""Prefix and stem reuse: running each trial's unperturbed prefix once and its suffix under every condition, and a
+family of renderings' perturbed stem once for all of them, gives the scores of full recompute, on tiny models of
+every family (sliding-window layers and post-norms included), for localization prompts (one span), few-shot prompts
+(several perturbed spans, the first one early) and zero-shot prompts under several aliases."""
 
 from __future__ import annotations
 
@@ -34,11 +35,15 @@ def shapes(smol_tokenizer, pool):
                 "samples_per_condition": 2}
     aliases = load_aliases(ROOT / "data/aliases.yaml")
     few_shot = tasks.few_shot_trials(smol_tokenizer, template("few_shot"), pool, aliases, settings, seed=5)
+    settings = {"bucket": 15, "mode": "single_class", "aliases": ["none", "dropout_noise", "x_y", "masking_jitter"],
+                "samples_per_condition": 2}
+    zero_shot = tasks.zero_shot_trials(smol_tokenizer, template("zero_shot"), pool, aliases, settings, seed=5)
     return {
         "localization": (localization, [{"target": "dropout", "dropout": 0.0}, {"target": "dropout", "dropout": 0.5},
                                         {"target": "noise", "noise": 0.0}, {"target": "noise", "noise": 2.0}]),
         "few_shot": (few_shot, [{"dropout": 0.0, "noise": 0.0}, {"dropout": 0.4, "noise": 0.0},
                                 {"dropout": 0.4, "noise": 1.5}]),
+        "zero_shot": (zero_shot, [{"dropout": 0.0}, {"dropout": 0.4}, {"noise": 0.0}, {"noise": 1.5}]),
     }
 
 
@@ -49,7 +54,7 @@ def run(model, tokenizer, trials, conditions, prefix_cache, batch_size=5):
     return pd.DataFrame(rows), work
 
 
-@pytest.mark.parametrize("shape", ["localization", "few_shot"])
+@pytest.mark.parametrize("shape", ["localization", "few_shot", "zero_shot"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_prefix_reuse_matches_full_recompute(family, shape, shapes, smol_tokenizer):
     trials, conditions = shapes[shape]
@@ -58,7 +63,8 @@ def test_prefix_reuse_matches_full_recompute(family, shape, shapes, smol_tokeniz
     full, full_work = run(model, smol_tokenizer, trials, conditions, prefix_cache=False)
     cached, work = run(model, smol_tokenizer, trials, conditions, prefix_cache=True)
     assert work.computed_tokens < full_work.computed_tokens  # the prefixes really were reused
-    assert work.passes == full_work.passes and len(cached) == len(trials) * len(conditions)
+    assert work.passes == full_work.passes
+    assert len(cached) == len(full) == sum(engine.applies(t, c) for t in trials for c in conditions)
     for column in SCORES:
         assert cached[column].to_numpy() == pytest.approx(full[column].to_numpy(), abs=1e-4, rel=1e-4), column
     for column in PREDICTIONS:
@@ -80,6 +86,45 @@ def test_trials_of_one_template_share_their_prefix_once(family, shapes, smol_tok
     assert work.computed_tokens < full_work.computed_tokens - len(trials)  # shared tokens ran once per group
     for column in SCORES:
         assert cached[column].to_numpy() == pytest.approx(full[column].to_numpy(), abs=1e-4, rel=1e-4), column
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_renderings_of_one_trial_share_their_perturbed_stem(family, shapes, smol_tokenizer, monkeypatch):
+    """The aliases of a zero-shot trial differ only in its option line: the perturbed sentence and the turns after
+    it run once per condition for all of them, with the scores of full recompute and of prefix reuse alone."""
+    trials, conditions = shapes["zero_shot"]
+    model = build_tiny(family, vocab_size=len(smol_tokenizer), n_layers=3, window=4096)
+    full, full_work = run(model, smol_tokenizer, trials, conditions, prefix_cache=False)
+    stems, work = run(model, smol_tokenizer, trials, conditions, prefix_cache=True)
+    monkeypatch.setattr(engine, "families", lambda *args: [])
+    prefixes, prefix_work = run(model, smol_tokenizer, trials, conditions, prefix_cache=True)
+    assert work.computed_tokens < 0.6 * prefix_work.computed_tokens < full_work.computed_tokens
+    for column in SCORES:
+        assert stems[column].to_numpy() == pytest.approx(full[column].to_numpy(), abs=1e-4, rel=1e-4), column
+        assert stems[column].to_numpy() == pytest.approx(prefixes[column].to_numpy(), abs=1e-4, rel=1e-4), column
+    for column in PREDICTIONS:
+        assert (stems[column] == full[column]).all()
+
+
+def test_a_family_stem_ends_where_the_renderings_differ_and_never_inside_a_span():
+    trials = [{"base_id": 0, "spans": [{"start": 3, "end": 6, "kind": "dropout"}]},
+              {"base_id": 0, "spans": [{"start": 3, "end": 6, "kind": "dropout"}]},
+              {"base_id": 1, "spans": [{"start": 2, "end": 8, "kind": "noise"}]},
+              {"base_id": 1, "spans": [{"start": 2, "end": 8, "kind": "noise"}]},
+              {"base_id": 2, "spans": [{"start": 2, "end": 4, "kind": "noise"}]}]
+    encoded = [[1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2, 3, 4, 5, 6, 7, 0, 0, 0],
+               [1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2, 3, 4, 5, 0, 7, 8, 9], [1, 2, 3, 4, 5]]
+    splits = [engine.split_point({**t, "n_prompt_tokens": len(e)}) for t, e in zip(trials, encoded)]
+    found = engine.families(trials, encoded, splits, window=None)
+    # base 0: stem [3, 7), after its span; base 1 differs inside its span, so no stem; base 2 is alone
+    assert found == [engine.Family(members=(0, 1), split=3, stem_end=7)]
+    assert engine.families(trials, encoded, splits, window=8) == []  # a window that could bind: no stems
+    from dropnoise.perturb import Span, TrialPerturbation
+
+    perturbation = TrialPerturbation(5, (Span(3, 6, "dropout", 0.5), Span(8, 9, "noise", 1.0)))
+    assert engine.restrict(perturbation, 0, 7).spans == (Span(3, 6, "dropout", 0.5), Span(0, 0, "noise", 0.0))
+    assert engine.restrict(perturbation, 7, 10).spans == (Span(0, 0, "noise", 0.0), Span(8, 9, "noise", 1.0))
+    assert engine.restrict(TrialPerturbation(5, (Span(3, 6, "dropout", 0.5),)), 7, 10) is None
 
 
 def test_a_binding_sliding_window_keeps_trials_apart(shapes, smol_tokenizer):

@@ -101,6 +101,37 @@ def test_a_planted_direction_moves_the_answer_monotonically(zero_shot_trials, sm
     assert (differences[0] < 0).all() and (differences[-1] > 0).all()
 
 
+def test_steering_acts_only_on_the_passes_that_score(smol_tokenizer, monkeypatch):
+    """The engine's passes over a shared prefix or stem end before the answer position: the engine switches the
+    steering hook off for them (otherwise the vector would go in at their last token and reach every later token
+    through the cache) and on for every pass whose last position is scored."""
+    template = prompts.load_template(ROOT / "data/prompts/zero_shot.yaml", tasks.PLACEHOLDERS["zero_shot"])
+    pool = sentences.bucket(sentences.Grammar(ROOT / "data/synthetic_grammar.yaml").sentences(seed=3),
+                            smol_tokenizer, [15], 10, 20_000)
+    settings = {"bucket": 15, "samples_per_condition": 2, "mode": "single_class", "aliases": ["dropout_noise", "x_y"]}
+    trials = tasks.zero_shot_trials(smol_tokenizer, template, pool, load_aliases(ROOT / "data/aliases.yaml"),
+                                    settings, 3)
+    model = build_tiny("llama", vocab_size=len(smol_tokenizer), n_layers=3)
+    hook = steering.Steering(model, 0, np.random.default_rng(2).normal(size=64), 2.0)
+    armed, scored = [], []
+    model.register_forward_hook(lambda module, args, output: armed.append(hook._armed))
+    score = engine.scoring.score
+    monkeypatch.setattr(engine.scoring, "score", lambda *args: scored.append(1) or score(*args))
+    with hook:
+        engine.run(model, smol_tokenizer, trials, [{"dropout": 0.3}, {"noise": 1.0}], ("A", "B"), seed=1,
+                   batch_size=4, progress=False, steering=hook)
+    assert armed.count(True) == len(scored) and armed.count(False) > 0  # prefixes and stems ran unsteered
+
+    inputs = batch(PROMPTS)
+    with torch.inference_mode():
+        plain = model(**inputs).logits
+        with hook:
+            hook.clear()
+            assert torch.equal(model(**inputs).logits, plain)
+            hook.set_batch([], [])
+            assert not torch.equal(model(**inputs).logits, plain)
+
+
 def test_mass_mean_recovers_a_planted_difference_and_shuffled_labels_give_little():
     rng = np.random.default_rng(0)
     planted = np.zeros(64)

@@ -81,7 +81,8 @@ class ActivationCapture:
         self._blocks = decoder_layers(model)
         self.selection = selection
         self._handles = []
-        self._batch: list[tuple[int, int, int, tuple]] = []  # row, span start, span end (padded), key
+        self._batch: list[tuple[int, int, int, bool, tuple]] = []  # row, span start, end (in the input), scoring, key
+        self._owners: dict[tuple[int, str, float], tuple] = {}
         self.rows: dict[tuple[int, str, float], np.ndarray] = {}
 
     @staticmethod
@@ -94,16 +95,21 @@ class ActivationCapture:
         span = perturbation.spans[test]
         return trial["trial_id"], span.kind, round(span.strength, 6)
 
-    def set_batch(self, rows: list[tuple[dict, object]], offsets: list[int]) -> None:
-        """rows[b] = (trial, engine pass key) is row b of the next forward pass, whose prompt starts at position
-        offsets[b] of the input (negative when a reused prefix cache holds its first tokens)."""
+    def set_batch(self, rows: list[tuple[dict, object]], offsets: list[int], scoring: bool = True,
+                  batch_rows: list[int] | None = None) -> None:
+        """rows[j] = (trial, engine pass key) sits in batch row batch_rows[j] (default j) of the next forward pass,
+        its prompt starting at position offsets[j] of the input (negative when a reused cache holds its first
+        tokens). The span sites are read in the pass that holds the test span; the answer site in a scoring pass
+        (one that ends at the answer position). A stem pass (scoring False) holds the span of several rows."""
         self._batch = []
-        for row, ((trial, perturbation), offset) in enumerate(zip(rows, offsets)):
+        for j, ((trial, perturbation), offset) in enumerate(zip(rows, offsets)):
             key = self.key(trial, perturbation)
-            if key in self.rows or not self.selection.wants(*key):
+            owner = (trial["trial_id"], perturbation)  # one pass fills a key (several may share its strength)
+            if not self.selection.wants(*key) or self._owners.setdefault(key, owner) != owner:
                 continue
             span = next(s for s in trial["spans"] if s.get("test", True))
-            self._batch.append((row, offset + span["start"], offset + span["end"], key))
+            row = j if batch_rows is None else batch_rows[j]
+            self._batch.append((row, offset + span["start"], offset + span["end"], scoring, key))
 
     def clear(self) -> None:
         """Keep nothing of the next forward pass (a shared prefix)."""
@@ -114,12 +120,15 @@ class ActivationCapture:
             if not self._batch:
                 return
             h = output[0] if isinstance(output, tuple) else output
-            for row, start, end, key in self._batch:  # left padding: every prompt ends at the last position
-                sites = torch.stack([h[row, -1], h[row, start:end].mean(0), h[row, end - 1]])
+            for row, start, end, scoring, key in self._batch:
                 buffer = self.rows.get(key)
                 if buffer is None:
                     buffer = self.rows[key] = np.empty((len(SITES), len(self.selection.layers), h.shape[-1]), np.float16)
-                buffer[:, slot] = sites.float().cpu().numpy()
+                if 0 <= start and end <= h.shape[1]:
+                    span = torch.stack([h[row, start:end].mean(0), h[row, end - 1]])
+                    buffer[1:, slot] = span.float().cpu().numpy()
+                if scoring:  # every prompt of a scoring pass ends at its last position
+                    buffer[0, slot] = h[row, -1].float().cpu().numpy()
             return
 
         return hook

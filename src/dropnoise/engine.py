@@ -9,9 +9,17 @@ of trials runs that prefix once, keeps its key/value cache, and then runs only t
 condition (the no-op conditions share one clean row), with the cache rows repeated along the batch. Trials are
 ordered by their prefix tokens, so the trials of one template variant fall into the same groups, and the tokens a
 group's prefixes share run once for the whole group (one shard often runs each trial under a single condition,
-where this is the only reuse there is). The hooks address spans relative to the suffix, and each span draws from its own seeded generator, so the draws and the
-scores are those of full recompute. Families not proven to match (models.PREFIX_CACHE_FAMILIES) recompute the whole
-prompt, and the log says so.
+where this is the only reuse there is).
+
+Stem reuse: the renderings of one base trial (its aliases, label conditions) get the same draws (common random
+numbers) and agree token for token up to the first place their texts differ (the option line of a zero-shot
+prompt). Such a family runs its prefix once, then each distinct perturbation of the spans before that place once
+(the stem, perturbed), and only then each rendering's own remaining tokens (the leaf). Pads sit between stem and
+leaf, so stems are only used where no sliding attention window can bind.
+
+The hooks address spans relative to each pass's input, and each span draws from its own seeded generator, so the
+draws and the scores are those of full recompute. Families not proven to match (models.PREFIX_CACHE_FAMILIES)
+recompute the whole prompt, and the log says so.
 """
 
 from __future__ import annotations
@@ -164,7 +172,7 @@ class Work:
         saved = 1 - self.computed_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
         return (
             f"{self.rows} rows from {self.passes} forward rows; {self.computed_tokens} tokens computed for "
-            f"{self.prompt_tokens} prompt tokens ({saved:.0%} saved by prefix reuse and clean-row sharing)"
+            f"{self.prompt_tokens} prompt tokens ({saved:.0%} saved by prefix and stem reuse and clean-row sharing)"
         )
 
 
@@ -176,12 +184,13 @@ def _rows_of(cache: DynamicCache, index: torch.Tensor) -> DynamicCache:
     return selected
 
 
-def _groups(order: list[int], sizes: list[int], batch_size: int):
-    """Consecutive trials whose rows fill at least one batch (a trial with many conditions is a group alone)."""
+def _groups(order: list, sizes: dict, batch_size: int):
+    """Consecutive items (trials, families) whose rows fill at least one batch (an item with many rows is a group
+    alone)."""
     group, rows = [], 0
-    for i in order:
-        group.append(i)
-        rows += sizes[i]
+    for item in order:
+        group.append(item)
+        rows += sizes[item]
         if rows >= batch_size:
             yield group
             group, rows = [], 0
@@ -189,7 +198,25 @@ def _groups(order: list[int], sizes: list[int], batch_size: int):
         yield group
 
 
-def _run_group(model, perturber, capture, trials, group, encoded, splits, passes, pad_id, device, batch_size, work,
+def _prefill(model, observers, ids, mask, positions, shared: int, work: Work) -> DynamicCache:
+    """Key/value cache of every row of `ids` (unperturbed context tokens, nothing scored); the first `shared`
+    columns, the same in every row, run once on one row."""
+    for observer in observers:
+        observer.clear()
+    cache = DynamicCache(config=model.config)
+    rows, width = ids.shape
+    if shared:
+        model(input_ids=ids[:1, :shared], attention_mask=mask[:1, :shared], position_ids=positions[:1, :shared],
+              past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache = _rows_of(cache, torch.zeros(rows, dtype=torch.long, device=ids.device))
+    if width > shared:
+        model(input_ids=ids[:, shared:], attention_mask=mask, position_ids=positions[:, shared:],
+              past_key_values=cache, use_cache=True, logits_to_keep=1)
+    work.computed_tokens += shared + (width - shared) * rows
+    return cache
+
+
+def _run_group(model, perturber, observers, trials, group, encoded, splits, passes, pad_id, device, batch_size, work,
                window=None):
     """Run one group of trials: their prefixes once, then every (trial, pass) suffix in batches of rows.
     Each trial is split `suffix` tokens before its end, the group's longest suffix, so that all suffixes have
@@ -207,25 +234,15 @@ def _run_group(model, perturber, capture, trials, group, encoded, splits, passes
     cache = None
     if prefix > 0:
         perturber.clear()
-        if capture is not None:
-            capture.clear()
-        cache = DynamicCache(config=model.config)
-        if shared:
-            model(input_ids=ids[:1, :shared], attention_mask=mask[:1, :shared], position_ids=positions[:1, :shared],
-                  past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache = _rows_of(cache, torch.zeros(len(group), dtype=torch.long, device=device))
-        if prefix > shared:
-            model(input_ids=ids[:, shared:prefix], attention_mask=mask[:, :prefix],
-                  position_ids=positions[:, shared:prefix], past_key_values=cache, use_cache=True, logits_to_keep=1)
-        work.computed_tokens += shared + (prefix - shared) * len(group)
+        cache = _prefill(model, observers, ids[:, :prefix], mask[:, :prefix], positions[:, :prefix], shared, work)
     rows = [(g, i, key) for g, i in enumerate(group) for key in passes[i]]
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         index = torch.tensor([g for g, _, _ in chunk], device=device)
         suffix_offsets = [offsets[g] - prefix for g, _, _ in chunk]
         perturber.set_batch([passes[i][key] for _, i, key in chunk], suffix_offsets)
-        if capture is not None:
-            capture.set_batch([(trials[i], key) for _, i, key in chunk], suffix_offsets)
+        for observer in observers:
+            observer.set_batch([(trials[i], key) for _, i, key in chunk], suffix_offsets)
         out = model(
             input_ids=ids[index, prefix:],
             attention_mask=mask[index],
@@ -238,6 +255,116 @@ def _run_group(model, perturber, capture, trials, group, encoded, splits, passes
         work.prompt_tokens += sum(len(encoded[i]) for _, i, _ in chunk)
         work.passes += len(chunk)
         yield [(i, key) for _, i, key in chunk], out.logits[:, -1, :]
+
+
+@dataclass(frozen=True)
+class Family:
+    """Renderings of one base trial that agree token for token before `stem_end`; every span lies wholly before
+    or wholly after it, and none starts before `split`."""
+
+    members: tuple[int, ...]
+    split: int
+    stem_end: int
+
+
+def families(trials: list[dict], encoded: list[list[int]], splits: list[int], window: int | None) -> list[Family]:
+    """The trials that share a base and a stem longer than their prefix (at least the last token stays in each
+    leaf); none where a sliding window could bind, since the pads between stem and leaf would shift it."""
+    by_base: dict[object, list[int]] = {}
+    for i, trial in enumerate(trials):
+        by_base.setdefault(trial["base_id"], []).append(i)
+    found = []
+    for members in by_base.values():
+        rows = [encoded[i] for i in members]
+        if len(members) < 2 or len({splits[i] for i in members}) > 1:
+            continue
+        if window is not None and max(map(len, rows)) > window:
+            continue
+        end = min(common_prefix(rows), min(map(len, rows)) - 1)
+        spans = [(s["start"], s["end"]) for i in members for s in trials[i]["spans"] if s["kind"] != "none"]
+        while any(a < end < b for a, b in spans):  # a stem never cuts a span: its draw is made in one pass
+            end = max(a for a, b in spans if a < end < b)
+        if end > splits[members[0]] > 0:
+            found.append(Family(tuple(members), splits[members[0]], end))
+    return found
+
+
+def restrict(perturbation: TrialPerturbation | None, start: int, end: int) -> TrialPerturbation | None:
+    """The spans inside [start, end); the others become no-ops that keep their place, hence their draws (None:
+    nothing left to perturb, the clean pass)."""
+    if perturbation is None:
+        return None
+    idle = Span(0, 0, "noise", 0.0)
+    spans = tuple(s if start <= s.start and s.end <= end else idle for s in perturbation.spans)
+    return None if all(s.is_noop for s in spans) else TrialPerturbation(perturbation.seed, spans)
+
+
+def _run_families(model, perturber, observers, trials, group: list[Family], encoded, passes, pad_id, device,
+                  batch_size, work):
+    """Run a group of families: each family's prefix once (the group's common tokens once), each distinct stem
+    perturbation once, then every (trial, pass) leaf in batches of rows. Stems are right-aligned at one column and
+    leaves at the last one, with pads between them; positions count each row's real tokens."""
+    prefixes = [encoded[f.members[0]][: f.split] for f in group]
+    shared = common_prefix(prefixes) if len(group) > 1 else 0
+    ids, mask, positions, _ = pad_left(prefixes, pad_id, device, after=shared)
+    perturber.clear()
+    cache = _prefill(model, observers, ids, mask, positions, shared, work)
+
+    stems: dict[tuple[int, object], int] = {}  # (family, stem perturbation) -> stem row
+    leaves = []  # (stem row, family, trial, pass key)
+    for g, family in enumerate(group):
+        for i in family.members:
+            for key in passes[i]:
+                stem = stems.setdefault((g, restrict(key, 0, family.stem_end)), len(stems))
+                leaves.append((stem, family, i, key))
+    width = max(f.stem_end - f.split for f in group)
+    stem_ids = torch.full((len(stems), width), pad_id, device=device)
+    stem_mask = torch.zeros_like(stem_ids)
+    stem_positions = torch.zeros_like(stem_ids)
+    stem_offsets = []
+    for (g, _), row in stems.items():
+        family = group[g]
+        n = family.stem_end - family.split
+        stem_ids[row, width - n :] = torch.tensor(encoded[family.members[0]][family.split : family.stem_end])
+        stem_mask[row, width - n :] = 1
+        stem_positions[row, width - n :] = torch.arange(family.split, family.stem_end)
+        stem_offsets.append(width - n - family.split)
+    families_of = torch.tensor([g for g, _ in stems], device=device)
+    context_mask = torch.cat([mask[families_of], stem_mask], dim=1)
+    cache = _rows_of(cache, families_of)
+    perturber.set_batch([perturbation for _, perturbation in stems], stem_offsets)
+    for observer in observers:  # the stems hold the test spans (captured here), not the answer position
+        observer.set_batch([(trials[i], key) for _, _, i, key in leaves], [stem_offsets[stem] for stem, *_ in leaves],
+                           scoring=False, batch_rows=[stem for stem, *_ in leaves])
+    model(input_ids=stem_ids, attention_mask=context_mask, position_ids=stem_positions, past_key_values=cache,
+          use_cache=True, logits_to_keep=1)
+    work.computed_tokens += width * len(stems)
+
+    leaves.sort(key=lambda leaf: len(encoded[leaf[2]]) - leaf[1].stem_end)  # similar lengths share a batch
+    for start in range(0, len(leaves), batch_size):
+        chunk = leaves[start : start + batch_size]
+        lengths = [len(encoded[i]) - family.stem_end for _, family, i, _ in chunk]
+        n = max(lengths)
+        leaf_ids = torch.full((len(chunk), n), pad_id, device=device)
+        leaf_mask = torch.zeros_like(leaf_ids)
+        leaf_positions = torch.zeros_like(leaf_ids)
+        for row, ((_, family, i, _), length) in enumerate(zip(chunk, lengths)):
+            leaf_ids[row, n - length :] = torch.tensor(encoded[i][family.stem_end :])
+            leaf_mask[row, n - length :] = 1
+            leaf_positions[row, n - length :] = torch.arange(family.stem_end, len(encoded[i]))
+        offsets = [n - length - family.stem_end for (_, family, _, _), length in zip(chunk, lengths)]
+        index = torch.tensor([stem for stem, _, _, _ in chunk], device=device)
+        perturber.set_batch([restrict(passes[i][key], family.stem_end, len(encoded[i])) for _, family, i, key in chunk],
+                            offsets)
+        for observer in observers:
+            observer.set_batch([(trials[i], key) for _, _, i, key in chunk], offsets)
+        out = model(input_ids=leaf_ids, attention_mask=torch.cat([context_mask[index], leaf_mask], dim=1),
+                    position_ids=leaf_positions, past_key_values=_rows_of(cache, index), use_cache=True,
+                    logits_to_keep=1)
+        work.computed_tokens += n * len(chunk)
+        work.prompt_tokens += sum(len(encoded[i]) for _, _, i, _ in chunk)
+        work.passes += len(chunk)
+        yield [(i, key) for _, _, i, key in chunk], out.logits[:, -1, :]
 
 
 def run(
@@ -254,13 +381,16 @@ def run(
     prefix_cache: bool = True,
     work: Work | None = None,
     capture=None,
+    steering=None,
 ) -> list[dict]:
     """Score every trial under every condition; returns one tidy row per (trial, condition).
 
     batch_size: rows per forward pass, or "auto" (from free memory); prefix_cache: reuse each trial's unperturbed
-    prefix across its conditions where the family allows it; work: filled with what was computed; capture: an
-    optional capture.ActivationCapture, told about every forward row (its hooks go in after the perturbation
-    hooks, so it records the perturbed residual stream).
+    prefix across its conditions, and a family's stems across its renderings, where the model family allows it;
+    work: filled with what was computed; capture: an optional capture.ActivationCapture, told about every forward
+    row (its hooks go in after the perturbation hooks, so it records the perturbed residual stream); steering: an
+    entered steering.Steering, switched on for the scoring passes only (the last position of a prefix or stem pass
+    is not the answer position).
     """
     log = logging.getLogger(__name__)
     work = Work() if work is None else work
@@ -295,18 +425,29 @@ def run(
         plan.append((condition, members))
     splits = [split_point(t) if prefix_cache else 0 for t in trials]
     window = models.attention_window(model)
-    # Trials with equal suffix lengths together (no padding in the suffix passes), and among them those with the
-    # same prefix (template variant), so that a group shares it.
-    order = sorted((i for i in range(len(trials)) if passes[i]),
+    found = families(trials, encoded, splits, window) if prefix_cache else []
+    in_family = {i for family in found for i in family.members}
+    # Families with similar stems and the same prefix together; trials with equal suffix lengths together (no
+    # padding in the suffix passes), and among them those with the same prefix (template variant), so that a
+    # group shares it.
+    found.sort(key=lambda f: (f.stem_end - f.split, encoded[f.members[0]][: f.split], f.stem_end))
+    order = sorted((i for i in range(len(trials)) if passes[i] and i not in in_family),
                    key=lambda i: (len(encoded[i]) - splits[i], encoded[i][: splits[i]], len(encoded[i])))
-    groups = list(_groups(order, [len(p) for p in passes], batch_size))
-    bar = tqdm(total=sum(-(-sum(len(passes[i]) for i in g) // batch_size) for g in groups), desc="forward passes",
-               unit="batch", disable=not progress)
+    family_groups = list(_groups(found, {f: sum(len(passes[i]) for i in f.members) for f in found}, batch_size))
+    groups = list(_groups(order, {i: len(passes[i]) for i in order}, batch_size))
+    batches = [sum(len(passes[i]) for f in g for i in f.members) for g in family_groups]
+    batches += [sum(len(passes[i]) for i in g) for g in groups]
+    bar = tqdm(total=sum(-(-rows // batch_size) for rows in batches), desc="forward passes", unit="batch",
+               disable=not progress)
+    observers = [o for o in (capture, steering) if o is not None]
     scored: dict[tuple[int, object], dict] = {}
     with SpanPerturber(model, sites=sites, layers=layers) as perturber, capture or nullcontext(), torch.inference_mode():
-        for group in groups:
-            for keys, logits in _run_group(model, perturber, capture, trials, group, encoded, splits, passes, pad_id,
-                                           device, batch_size, work, window):
+        runs = [_run_families(model, perturber, observers, trials, g, encoded, passes, pad_id, device, batch_size, work)
+                for g in family_groups]
+        runs += [_run_group(model, perturber, observers, trials, g, encoded, splits, passes, pad_id, device,
+                            batch_size, work, window) for g in groups]
+        for batches_of_group in runs:
+            for keys, logits in batches_of_group:
                 answers = [trials[i]["answer"] for i, _ in keys]
                 scored.update(zip(keys, scoring.score(logits, answers, tokens, tokenizer.decode)))
                 bar.update()

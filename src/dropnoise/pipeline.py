@@ -426,8 +426,8 @@ def steering_table(model_key: str, model_dir: str, prompt_file: str, grid_file: 
 
     def steered(vector, scale: float) -> tuple[list[dict], tuple[float, int]]:
         delta = vector.direction * vector.size
-        with steering.Steering(model, layer, delta, scale):
-            scored = engine.run(model, tokenizer, test, conditions, letters, **run)
+        with steering.Steering(model, layer, delta, scale) as hook:
+            scored = engine.run(model, tokenizer, test, conditions, letters, steering=hook, **run)
         with steering.Steering(model, layer, delta, scale, positions="all"):
             return scored, steering.text_nll(model, tokenizer, texts, batch_size)
 

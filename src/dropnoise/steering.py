@@ -140,8 +140,21 @@ class Steering:
         self._delta = scale * torch.as_tensor(np.asarray(vector), dtype=torch.float32) if scale != 0 else None
         self._positions = positions
         self._handle = None
+        self._armed = True
+
+    def clear(self) -> None:
+        """Leave the next forward pass alone: the engine's passes over a shared prefix or stem, whose last
+        position is not the answer position."""
+        self._armed = False
+
+    def set_batch(self, rows, offsets, scoring: bool = True, batch_rows=None) -> None:
+        """Steer the next forward pass if it scores its rows (the engine's observer interface; a stem pass does
+        not end at the answer position)."""
+        self._armed = scoring
 
     def _hook(self, module, args, output):
+        if not self._armed:
+            return None
         h = output[0] if isinstance(output, tuple) else output
         delta = self._delta.to(device=h.device, dtype=h.dtype)
         new = h.clone()
@@ -152,6 +165,7 @@ class Steering:
         return (new, *output[1:]) if isinstance(output, tuple) else new
 
     def __enter__(self):
+        self._armed = True
         if self._delta is not None:
             self._handle = self._block.register_forward_hook(self._hook)
         return self
