@@ -88,9 +88,9 @@ def test_a_planted_direction_moves_the_answer_monotonically(zero_shot_trials, sm
     conditions = [{"dropout": 0.0, "noise": 0.0}, {"dropout": 0.3}, {"noise": 1.0}]
     differences = []
     for scale in (-4.0, -1.0, 0.0, 1.0, 4.0):
-        with steering.Steering(model, 1, direction / np.linalg.norm(direction), scale):
+        with steering.Steering(model, 1, direction / np.linalg.norm(direction), scale) as hook:
             rows = pd.DataFrame(engine.run(model, smol_tokenizer, zero_shot_trials, conditions, ("A", "B"), seed=1,
-                                           batch_size=4, progress=False))
+                                           batch_size=4, progress=False, steering=hook))
         differences.append((rows.logit_A - rows.logit_B).to_numpy())
         readout = steering.trial_readout(rows, ("A", "B"))
         noise_is_a = np.where(rows.target == "noise", rows.answer == "A", rows.answer == "B")
