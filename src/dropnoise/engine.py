@@ -299,6 +299,19 @@ def restrict(perturbation: TrialPerturbation | None, start: int, end: int) -> Tr
     return None if all(s.is_noop for s in spans) else TrialPerturbation(perturbation.seed, spans)
 
 
+def _right_aligned(pieces: list[tuple[list[int], int, int]], width: int, pad_id: int, device):
+    """Ids, mask and positions of tokens [start, end) of each row's prompt, right-aligned in `width` columns
+    behind pads; positions count the prompt's real tokens (a piece starts at position `start`)."""
+    ids, mask, positions = [], [], []
+    for tokens, start, end in pieces:
+        pads = width - (end - start)
+        ids.append([pad_id] * pads + tokens[start:end])
+        mask.append([0] * pads + [1] * (end - start))
+        positions.append([0] * pads + list(range(start, end)))
+    return (torch.tensor(ids, device=device), torch.tensor(mask, device=device),
+            torch.tensor(positions, device=device))
+
+
 def _run_families(model, perturber, observers, trials, group: list[Family], encoded, passes, pad_id, device,
                   batch_size, work):
     """Run a group of families: each family's prefix once (the group's common tokens once), each distinct stem
@@ -318,17 +331,9 @@ def _run_families(model, perturber, observers, trials, group: list[Family], enco
                 stem = stems.setdefault((g, restrict(key, 0, family.stem_end)), len(stems))
                 leaves.append((stem, family, i, key))
     width = max(f.stem_end - f.split for f in group)
-    stem_ids = torch.full((len(stems), width), pad_id, device=device)
-    stem_mask = torch.zeros_like(stem_ids)
-    stem_positions = torch.zeros_like(stem_ids)
-    stem_offsets = []
-    for (g, _), row in stems.items():
-        family = group[g]
-        n = family.stem_end - family.split
-        stem_ids[row, width - n :] = torch.tensor(encoded[family.members[0]][family.split : family.stem_end])
-        stem_mask[row, width - n :] = 1
-        stem_positions[row, width - n :] = torch.arange(family.split, family.stem_end)
-        stem_offsets.append(width - n - family.split)
+    stem_ids, stem_mask, stem_positions = _right_aligned(
+        [(encoded[group[g].members[0]], group[g].split, group[g].stem_end) for g, _ in stems], width, pad_id, device)
+    stem_offsets = [width - group[g].stem_end for g, _ in stems]  # token t sits at column offset + t
     families_of = torch.tensor([g for g, _ in stems], device=device)
     context_mask = torch.cat([mask[families_of], stem_mask], dim=1)
     cache = _rows_of(cache, families_of)
@@ -343,16 +348,10 @@ def _run_families(model, perturber, observers, trials, group: list[Family], enco
     leaves.sort(key=lambda leaf: len(encoded[leaf[2]]) - leaf[1].stem_end)  # similar lengths share a batch
     for start in range(0, len(leaves), batch_size):
         chunk = leaves[start : start + batch_size]
-        lengths = [len(encoded[i]) - family.stem_end for _, family, i, _ in chunk]
-        n = max(lengths)
-        leaf_ids = torch.full((len(chunk), n), pad_id, device=device)
-        leaf_mask = torch.zeros_like(leaf_ids)
-        leaf_positions = torch.zeros_like(leaf_ids)
-        for row, ((_, family, i, _), length) in enumerate(zip(chunk, lengths)):
-            leaf_ids[row, n - length :] = torch.tensor(encoded[i][family.stem_end :])
-            leaf_mask[row, n - length :] = 1
-            leaf_positions[row, n - length :] = torch.arange(family.stem_end, len(encoded[i]))
-        offsets = [n - length - family.stem_end for (_, family, _, _), length in zip(chunk, lengths)]
+        n = max(len(encoded[i]) - family.stem_end for _, family, i, _ in chunk)
+        leaf_ids, leaf_mask, leaf_positions = _right_aligned(
+            [(encoded[i], family.stem_end, len(encoded[i])) for _, family, i, _ in chunk], n, pad_id, device)
+        offsets = [n - len(encoded[i]) for _, _, i, _ in chunk]
         index = torch.tensor([stem for stem, _, _, _ in chunk], device=device)
         perturber.set_batch([restrict(passes[i][key], family.stem_end, len(encoded[i])) for _, family, i, key in chunk],
                             offsets)
