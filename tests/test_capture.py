@@ -70,16 +70,34 @@ def test_capture_does_not_depend_on_batching_or_prefix_reuse(trials, smol_tokeni
         np.testing.assert_allclose(one.rows[key].astype(np.float32), many.rows[key].astype(np.float32), atol=2e-3)
 
 
-def test_capture_is_the_same_when_renderings_share_a_stem(smol_tokenizer):
+SHORT_ZERO_SHOT = """
+system: ""
+prefill: "the answer is:"
+letters: [A, B]
+variants:
+  v00:
+    - {role: user, content: "Pay close attention to how you process the following sentence: \\"{sentence}\\" Which best describes what happened?\\nA) {option_a} B) {option_b}"}
+"""
+
+
+@pytest.mark.parametrize("template_file", ["data/prompts/zero_shot.yaml", "short"])
+def test_capture_is_the_same_when_renderings_share_a_stem(template_file, smol_tokenizer, tmp_path):
     """Zero-shot aliases share their perturbed stem: the span sites are read in the stem pass, the answer site in
-    each rendering's own pass, and all three equal what full recompute records."""
+    each rendering's own pass, and all three equal what full recompute records. In the short template the option
+    line comes a few tokens after the sentence, so a short leaf's pads reach back to where the span sat in the
+    stem: they must not be read as the span."""
     from dropnoise.labels import load_aliases
 
-    template = prompts.load_template(ROOT / "data/prompts/zero_shot.yaml", tasks.PLACEHOLDERS["zero_shot"])
+    if template_file == "short":
+        (tmp_path / "short.yaml").write_text(SHORT_ZERO_SHOT)
+        path = tmp_path / "short.yaml"
+    else:
+        path = ROOT / template_file
+    template = prompts.load_template(path, tasks.PLACEHOLDERS["zero_shot"])
     pool = sentences.bucket(sentences.Grammar(ROOT / "data/synthetic_grammar.yaml").sentences(seed=5),
                             smol_tokenizer, [15], 6, 20_000)
-    settings = {"bucket": 15, "mode": "single_class", "aliases": ["dropout_noise", "x_y", "masking_jitter"],
-                "samples_per_condition": 2}
+    settings = {"bucket": 15, "mode": "single_class", "samples_per_condition": 2,
+                "aliases": ["x_y", "none", "64726f706f7574_6e6f697365", "masking_jitter"]}
     trials = tasks.zero_shot_trials(smol_tokenizer, template, pool, load_aliases(ROOT / "data/aliases.yaml"),
                                     settings, seed=5)
     conditions = [{"dropout": 0.0}, {"dropout": 0.5}, {"noise": 2.0}]
@@ -90,11 +108,11 @@ def test_capture_is_the_same_when_renderings_share_a_stem(smol_tokenizer):
     for reuse in (False, True):
         recorder = capture.ActivationCapture(model, selection)
         work = engine.Work()
-        engine.run(model, smol_tokenizer, trials, conditions, ("A", "B"), seed=1, batch_size=4, progress=False,
+        engine.run(model, smol_tokenizer, trials, conditions, ("A", "B"), seed=1, batch_size=16, progress=False,
                    capture=recorder, prefix_cache=reuse, work=work)
         recorded[reuse] = (recorder.rows, work)
     (full, full_work), (stems, work) = recorded[False], recorded[True]
-    assert work.computed_tokens < 0.5 * full_work.computed_tokens  # the stems were shared
+    assert work.computed_tokens < 0.6 * full_work.computed_tokens  # the stems were shared
     # dropout trials: a clean and a perturbed row; noise trials: a perturbed row
     assert full.keys() == stems.keys() and len(full) == sum(1 + (t["target"] == "dropout") for t in trials)
     for key in full:

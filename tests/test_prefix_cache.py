@@ -35,6 +35,8 @@ def shapes(smol_tokenizer, pool):
                 "samples_per_condition": 2}
     aliases = load_aliases(ROOT / "data/aliases.yaml")
     few_shot = tasks.few_shot_trials(smol_tokenizer, template("few_shot"), pool, aliases, settings, seed=5)
+    settings = {**settings, "label_conditions": ["correct", "swapped"]}  # renderings that differ from a label on
+    few_shot_labels = tasks.few_shot_trials(smol_tokenizer, template("few_shot"), pool, aliases, settings, seed=5)
     settings = {"bucket": 15, "mode": "single_class", "aliases": ["none", "dropout_noise", "x_y", "masking_jitter"],
                 "samples_per_condition": 2}
     zero_shot = tasks.zero_shot_trials(smol_tokenizer, template("zero_shot"), pool, aliases, settings, seed=5)
@@ -43,6 +45,7 @@ def shapes(smol_tokenizer, pool):
                                         {"target": "noise", "noise": 0.0}, {"target": "noise", "noise": 2.0}]),
         "few_shot": (few_shot, [{"dropout": 0.0, "noise": 0.0}, {"dropout": 0.4, "noise": 0.0},
                                 {"dropout": 0.4, "noise": 1.5}]),
+        "few_shot_labels": (few_shot_labels, [{"dropout": 0.0, "noise": 0.0}, {"dropout": 0.4, "noise": 1.5}]),
         "zero_shot": (zero_shot, [{"dropout": 0.0}, {"dropout": 0.4}, {"noise": 0.0}, {"noise": 1.5}]),
     }
 
@@ -88,22 +91,60 @@ def test_trials_of_one_template_share_their_prefix_once(family, shapes, smol_tok
         assert cached[column].to_numpy() == pytest.approx(full[column].to_numpy(), abs=1e-4, rel=1e-4), column
 
 
+@pytest.mark.parametrize("shape", ["zero_shot", "few_shot_labels"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_renderings_of_one_trial_share_their_perturbed_stem(family, shapes, smol_tokenizer, monkeypatch):
-    """The aliases of a zero-shot trial differ only in its option line: the perturbed sentence and the turns after
-    it run once per condition for all of them, with the scores of full recompute and of prefix reuse alone."""
-    trials, conditions = shapes["zero_shot"]
+def test_renderings_of_one_trial_share_their_perturbed_stem(family, shape, shapes, smol_tokenizer, monkeypatch):
+    """The aliases of a zero-shot trial differ only in their option line, a few-shot trial's label conditions from
+    its first label on (its later spans then run in the leaves): the shared stem runs once per condition, with the
+    scores of full recompute and of prefix reuse alone."""
+    trials, conditions = shapes[shape]
     model = build_tiny(family, vocab_size=len(smol_tokenizer), n_layers=3, window=4096)
     full, full_work = run(model, smol_tokenizer, trials, conditions, prefix_cache=False)
     stems, work = run(model, smol_tokenizer, trials, conditions, prefix_cache=True)
     monkeypatch.setattr(engine, "families", lambda *args: [])
     prefixes, prefix_work = run(model, smol_tokenizer, trials, conditions, prefix_cache=True)
-    assert work.computed_tokens < 0.6 * prefix_work.computed_tokens < full_work.computed_tokens
+    assert work.computed_tokens < prefix_work.computed_tokens < full_work.computed_tokens
+    if shape == "zero_shot":
+        assert work.computed_tokens < 0.6 * prefix_work.computed_tokens
     for column in SCORES:
         assert stems[column].to_numpy() == pytest.approx(full[column].to_numpy(), abs=1e-4, rel=1e-4), column
         assert stems[column].to_numpy() == pytest.approx(prefixes[column].to_numpy(), abs=1e-4, rel=1e-4), column
     for column in PREDICTIONS:
         assert (stems[column] == full[column]).all()
+
+
+@pytest.mark.parametrize("family", ["gemma3", "olmo3"])
+def test_family_groups_stay_inside_a_sliding_window(family, pool, smol_tokenizer):
+    """Every family fits a window as long as the longest prompt, but a group pads its families to common widths;
+    groups that would outgrow the window run as plain trials, so the scores stay those of full recompute."""
+    settings = {"bucket": 15, "mode": "single_class", "samples_per_condition": 6,
+                "aliases": ["none", "dropout_noise", "x_y", "masking_jitter", "64726f706f7574_6e6f697365"]}
+    trials = tasks.zero_shot_trials(smol_tokenizer, template("zero_shot"), pool,
+                                    load_aliases(ROOT / "data/aliases.yaml"), settings, seed=5)
+    conditions = [{"dropout": 0.0}, {"dropout": 0.4}, {"noise": 0.0}, {"noise": 1.5}]
+    encoded = [prompts.tokenize(smol_tokenizer, t["text"])[0] for t in trials]
+    window = max(map(len, encoded))
+    found = engine.families(trials, encoded, [engine.split_point(t) for t in trials], window)
+    assert len(found) == 12 and engine._columns(found, encoded) > window  # together they would outgrow it
+    model = build_tiny(family, vocab_size=len(smol_tokenizer), n_layers=2, window=window)
+    full, _ = run(model, smol_tokenizer, trials, conditions, prefix_cache=False, batch_size=64)
+    cached, _ = run(model, smol_tokenizer, trials, conditions, prefix_cache=True, batch_size=64)
+    for column in SCORES:
+        assert cached[column].to_numpy() == pytest.approx(full[column].to_numpy(), abs=1e-4, rel=1e-4), column
+
+
+def test_a_run_under_one_perturbation_leaves_the_other_class_out(shapes, smol_tokenizer):
+    """Single-class zero-shot trials of the other class run under no condition here: their families drop out and
+    cost nothing."""
+    trials, _ = shapes["zero_shot"]
+    model = build_tiny("llama", vocab_size=len(smol_tokenizer), n_layers=2)
+    full, _ = run(model, smol_tokenizer, trials, [{"dropout": 0.4}], prefix_cache=False)
+    cached, work = run(model, smol_tokenizer, trials, [{"dropout": 0.4}], prefix_cache=True)
+    dropout = [t for t in trials if t["target"] == "dropout"]
+    _, alone = run(model, smol_tokenizer, dropout, [{"dropout": 0.4}], prefix_cache=True)
+    assert len(cached) == len(full) == len(dropout) and work.computed_tokens == alone.computed_tokens
+    for column in SCORES:
+        assert cached[column].to_numpy() == pytest.approx(full[column].to_numpy(), abs=1e-4, rel=1e-4), column
 
 
 def test_a_family_stem_ends_where_the_renderings_differ_and_never_inside_a_span():

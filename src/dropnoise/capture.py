@@ -81,7 +81,7 @@ class ActivationCapture:
         self._blocks = decoder_layers(model)
         self.selection = selection
         self._handles = []
-        self._batch: list[tuple[int, int, int, bool, tuple]] = []  # row, span start, end (in the input), scoring, key
+        self._batch: list[tuple] = []  # row, span start and end (input columns), span held, scoring, key
         self._owners: dict[tuple[int, str, float], tuple] = {}
         self.rows: dict[tuple[int, str, float], np.ndarray] = {}
 
@@ -96,11 +96,12 @@ class ActivationCapture:
         return trial["trial_id"], span.kind, round(span.strength, 6)
 
     def set_batch(self, rows: list[tuple[dict, object]], offsets: list[int], scoring: bool = True,
-                  batch_rows: list[int] | None = None) -> None:
+                  batch_rows: list[int] | None = None, starts: list[int] | None = None) -> None:
         """rows[j] = (trial, engine pass key) sits in batch row batch_rows[j] (default j) of the next forward pass,
-        its prompt starting at position offsets[j] of the input (negative when a reused cache holds its first
-        tokens). The span sites are read in the pass that holds the test span; the answer site in a scoring pass
-        (one that ends at the answer position). A stem pass (scoring False) holds the span of several rows."""
+        its prompt's token t at column offsets[j] + t of the input (offsets are negative when a reused cache holds
+        the first tokens), and its tokens from starts[j] on (default: all from column 0) are in the pass. The span
+        sites are read in the pass that holds the test span; the answer site in a scoring pass (one that ends at
+        the answer position). A stem pass (scoring False) holds the span of several rows."""
         self._batch = []
         for j, ((trial, perturbation), offset) in enumerate(zip(rows, offsets)):
             key = self.key(trial, perturbation)
@@ -109,7 +110,8 @@ class ActivationCapture:
                 continue
             span = next(s for s in trial["spans"] if s.get("test", True))
             row = j if batch_rows is None else batch_rows[j]
-            self._batch.append((row, offset + span["start"], offset + span["end"], scoring, key))
+            held = span["start"] >= max(-offset, 0 if starts is None else starts[j])  # not a pad before the tokens
+            self._batch.append((row, offset + span["start"], offset + span["end"], held, scoring, key))
 
     def clear(self) -> None:
         """Keep nothing of the next forward pass (a shared prefix)."""
@@ -120,11 +122,11 @@ class ActivationCapture:
             if not self._batch:
                 return
             h = output[0] if isinstance(output, tuple) else output
-            for row, start, end, scoring, key in self._batch:
+            for row, start, end, held, scoring, key in self._batch:
                 buffer = self.rows.get(key)
                 if buffer is None:
                     buffer = self.rows[key] = np.empty((len(SITES), len(self.selection.layers), h.shape[-1]), np.float16)
-                if 0 <= start and end <= h.shape[1]:
+                if held and end <= h.shape[1]:
                     span = torch.stack([h[row, start:end].mean(0), h[row, end - 1]])
                     buffer[1:, slot] = span.float().cpu().numpy()
                 if scoring:  # every prompt of a scoring pass ends at its last position

@@ -314,56 +314,68 @@ def _right_aligned(pieces: list[tuple[list[int], int, int]], width: int, pad_id:
 
 def _run_families(model, perturber, observers, trials, group: list[Family], encoded, passes, pad_id, device,
                   batch_size, work):
-    """Run a group of families: each family's prefix once (the group's common tokens once), each distinct stem
-    perturbation once, then every (trial, pass) leaf in batches of rows. Stems are right-aligned at one column and
-    leaves at the last one, with pads between them; positions count each row's real tokens."""
+    """Run a group of families: each family's prefix once (the group's common tokens once), then, batch_size stems
+    at a time, each distinct stem perturbation once and every (trial, pass) leaf on top of it in batches of rows.
+    Stems are right-aligned at one column and leaves at the last one, with pads between them; positions count each
+    row's real tokens."""
     prefixes = [encoded[f.members[0]][: f.split] for f in group]
     shared = common_prefix(prefixes) if len(group) > 1 else 0
     ids, mask, positions, _ = pad_left(prefixes, pad_id, device, after=shared)
     perturber.clear()
-    cache = _prefill(model, observers, ids, mask, positions, shared, work)
+    prefix_cache = _prefill(model, observers, ids, mask, positions, shared, work)
 
-    stems: dict[tuple[int, object], int] = {}  # (family, stem perturbation) -> stem row
-    leaves = []  # (stem row, family, trial, pass key)
+    stems: dict[tuple[int, object], list] = {}  # (family, stem perturbation) -> its leaves (trial, pass key)
     for g, family in enumerate(group):
         for i in family.members:
             for key in passes[i]:
-                stem = stems.setdefault((g, restrict(key, 0, family.stem_end)), len(stems))
-                leaves.append((stem, family, i, key))
-    width = max(f.stem_end - f.split for f in group)
-    stem_ids, stem_mask, stem_positions = _right_aligned(
-        [(encoded[group[g].members[0]], group[g].split, group[g].stem_end) for g, _ in stems], width, pad_id, device)
-    stem_offsets = [width - group[g].stem_end for g, _ in stems]  # token t sits at column offset + t
-    families_of = torch.tensor([g for g, _ in stems], device=device)
-    context_mask = torch.cat([mask[families_of], stem_mask], dim=1)
-    cache = _rows_of(cache, families_of)
-    perturber.set_batch([perturbation for _, perturbation in stems], stem_offsets)
-    for observer in observers:  # the stems hold the test spans (captured here), not the answer position
-        observer.set_batch([(trials[i], key) for _, _, i, key in leaves], [stem_offsets[stem] for stem, *_ in leaves],
-                           scoring=False, batch_rows=[stem for stem, *_ in leaves])
-    model(input_ids=stem_ids, attention_mask=context_mask, position_ids=stem_positions, past_key_values=cache,
-          use_cache=True, logits_to_keep=1)
-    work.computed_tokens += width * len(stems)
+                stems.setdefault((g, restrict(key, 0, family.stem_end)), []).append((i, key))
+    stems = list(stems.items())
+    for first in range(0, len(stems), batch_size):
+        block = stems[first : first + batch_size]
+        width = max(group[g].stem_end - group[g].split for (g, _), _ in block)
+        stem_ids, stem_mask, stem_positions = _right_aligned(
+            [(encoded[group[g].members[0]], group[g].split, group[g].stem_end) for (g, _), _ in block], width,
+            pad_id, device)
+        stem_offsets = [width - group[g].stem_end for (g, _), _ in block]  # token t sits at column offset + t
+        families_of = torch.tensor([g for (g, _), _ in block], device=device)
+        context_mask = torch.cat([mask[families_of], stem_mask], dim=1)
+        cache = _rows_of(prefix_cache, families_of)
+        leaves = [(row, group[g], i, key) for row, ((g, _), members) in enumerate(block) for i, key in members]
+        perturber.set_batch([perturbation for (_, perturbation), _ in block], stem_offsets)
+        for observer in observers:  # the stems hold the test spans (captured here), not the answer position
+            observer.set_batch([(trials[i], key) for _, _, i, key in leaves], [stem_offsets[r] for r, *_ in leaves],
+                               scoring=False, batch_rows=[r for r, *_ in leaves],
+                               starts=[family.split for _, family, _, _ in leaves])
+        model(input_ids=stem_ids, attention_mask=context_mask, position_ids=stem_positions, past_key_values=cache,
+              use_cache=True, logits_to_keep=1)
+        work.computed_tokens += width * len(block)
 
-    leaves.sort(key=lambda leaf: len(encoded[leaf[2]]) - leaf[1].stem_end)  # similar lengths share a batch
-    for start in range(0, len(leaves), batch_size):
-        chunk = leaves[start : start + batch_size]
-        n = max(len(encoded[i]) - family.stem_end for _, family, i, _ in chunk)
-        leaf_ids, leaf_mask, leaf_positions = _right_aligned(
-            [(encoded[i], family.stem_end, len(encoded[i])) for _, family, i, _ in chunk], n, pad_id, device)
-        offsets = [n - len(encoded[i]) for _, _, i, _ in chunk]
-        index = torch.tensor([stem for stem, _, _, _ in chunk], device=device)
-        perturber.set_batch([restrict(passes[i][key], family.stem_end, len(encoded[i])) for _, family, i, key in chunk],
-                            offsets)
-        for observer in observers:
-            observer.set_batch([(trials[i], key) for _, _, i, key in chunk], offsets)
-        out = model(input_ids=leaf_ids, attention_mask=torch.cat([context_mask[index], leaf_mask], dim=1),
-                    position_ids=leaf_positions, past_key_values=_rows_of(cache, index), use_cache=True,
-                    logits_to_keep=1)
-        work.computed_tokens += n * len(chunk)
-        work.prompt_tokens += sum(len(encoded[i]) for _, _, i, _ in chunk)
-        work.passes += len(chunk)
-        yield [(i, key) for _, _, i, key in chunk], out.logits[:, -1, :]
+        leaves.sort(key=lambda leaf: len(encoded[leaf[2]]) - leaf[1].stem_end)  # similar lengths share a batch
+        for start in range(0, len(leaves), batch_size):
+            chunk = leaves[start : start + batch_size]
+            n = max(len(encoded[i]) - family.stem_end for _, family, i, _ in chunk)
+            leaf_ids, leaf_mask, leaf_positions = _right_aligned(
+                [(encoded[i], family.stem_end, len(encoded[i])) for _, family, i, _ in chunk], n, pad_id, device)
+            offsets = [n - len(encoded[i]) for _, _, i, _ in chunk]
+            index = torch.tensor([row for row, _, _, _ in chunk], device=device)
+            perturber.set_batch([restrict(passes[i][key], family.stem_end, len(encoded[i]))
+                                 for _, family, i, key in chunk], offsets)
+            for observer in observers:  # a leaf holds its prompt from the stem's end on
+                observer.set_batch([(trials[i], key) for _, _, i, key in chunk], offsets,
+                                   starts=[family.stem_end for _, family, _, _ in chunk])
+            out = model(input_ids=leaf_ids, attention_mask=torch.cat([context_mask[index], leaf_mask], dim=1),
+                        position_ids=leaf_positions, past_key_values=_rows_of(cache, index), use_cache=True,
+                        logits_to_keep=1)
+            work.computed_tokens += n * len(chunk)
+            work.prompt_tokens += sum(len(encoded[i]) for _, _, i, _ in chunk)
+            work.passes += len(chunk)
+            yield [(i, key) for _, _, i, key in chunk], out.logits[:, -1, :]
+
+
+def _columns(group: list[Family], encoded) -> int:
+    """Columns of a family group's longest leaf pass (prefix, stem and leaf widths, pads included)."""
+    return (max(f.split for f in group) + max(f.stem_end - f.split for f in group)
+            + max(len(encoded[i]) - f.stem_end for f in group for i in f.members))
 
 
 def run(
@@ -424,15 +436,20 @@ def run(
         plan.append((condition, members))
     splits = [split_point(t) if prefix_cache else 0 for t in trials]
     window = models.attention_window(model)
-    found = families(trials, encoded, splits, window) if prefix_cache else []
-    in_family = {i for family in found for i in family.members}
+    found = []
+    if prefix_cache:  # members that run under no condition drop out; a family needs two that run
+        found = [Family(members, f.split, f.stem_end) for f in families(trials, encoded, splits, window)
+                 if len(members := tuple(i for i in f.members if passes[i])) > 1]
     # Families with similar stems and the same prefix together; trials with equal suffix lengths together (no
     # padding in the suffix passes), and among them those with the same prefix (template variant), so that a
     # group shares it.
     found.sort(key=lambda f: (f.stem_end - f.split, encoded[f.members[0]][: f.split], f.stem_end))
+    family_groups = list(_groups(found, {f: sum(len(passes[i]) for i in f.members) for f in found}, batch_size))
+    if window is not None:  # a group pads its families to common widths: those must stay inside the window
+        family_groups = [g for g in family_groups if _columns(g, encoded) <= window]
+    in_family = {i for group in family_groups for family in group for i in family.members}
     order = sorted((i for i in range(len(trials)) if passes[i] and i not in in_family),
                    key=lambda i: (len(encoded[i]) - splits[i], encoded[i][: splits[i]], len(encoded[i])))
-    family_groups = list(_groups(found, {f: sum(len(passes[i]) for i in f.members) for f in found}, batch_size))
     groups = list(_groups(order, {i: len(passes[i]) for i in order}, batch_size))
     batches = [sum(len(passes[i]) for f in g for i in f.members) for g in family_groups]
     batches += [sum(len(passes[i]) for i in g) for g in groups]

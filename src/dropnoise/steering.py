@@ -147,7 +147,7 @@ class Steering:
         position is not the answer position."""
         self._armed = False
 
-    def set_batch(self, rows, offsets, scoring: bool = True, batch_rows=None) -> None:
+    def set_batch(self, rows, offsets, scoring: bool = True, batch_rows=None, starts=None) -> None:
         """Steer the next forward pass if it scores its rows (the engine's observer interface; a stem pass does
         not end at the answer position)."""
         self._armed = scoring
