@@ -36,7 +36,7 @@ rule stats_table:
         csv=report(
             "results/stats/{table}.csv",
             caption="../report/caption.rst",
-            category="Statistics",
+            category="Statistical tests",
             labels={"table": "{table}"},
         ),
         tex="results/stats/{table}.tex",
