@@ -299,17 +299,12 @@ def restrict(perturbation: TrialPerturbation | None, start: int, end: int) -> Tr
     return None if all(s.is_noop for s in spans) else TrialPerturbation(perturbation.seed, spans)
 
 
-def _right_aligned(pieces: list[tuple[list[int], int, int]], width: int, pad_id: int, device):
-    """Ids, mask and positions of tokens [start, end) of each row's prompt, right-aligned in `width` columns
-    behind pads; positions count the prompt's real tokens (a piece starts at position `start`)."""
-    ids, mask, positions = [], [], []
-    for tokens, start, end in pieces:
-        pads = width - (end - start)
-        ids.append([pad_id] * pads + tokens[start:end])
-        mask.append([0] * pads + [1] * (end - start))
-        positions.append([0] * pads + list(range(start, end)))
-    return (torch.tensor(ids, device=device), torch.tensor(mask, device=device),
-            torch.tensor(positions, device=device))
+def _pieces(pieces: list[tuple[list[int], int, int]], pad_id: int, device):
+    """pad_left of tokens [start, end) of each row's prompt, with positions that count the prompt's real tokens
+    (a piece starts at position `start`)."""
+    ids, mask, positions, _ = pad_left([tokens[start:end] for tokens, start, end in pieces], pad_id, device)
+    starts = torch.tensor([start for _, start, _ in pieces], device=device)
+    return ids, mask, positions + starts[:, None] * mask
 
 
 def _run_families(model, perturber, observers, trials, group: list[Family], encoded, passes, pad_id, device,
@@ -332,10 +327,9 @@ def _run_families(model, perturber, observers, trials, group: list[Family], enco
     stems = list(stems.items())
     for first in range(0, len(stems), batch_size):
         block = stems[first : first + batch_size]
-        width = max(group[g].stem_end - group[g].split for (g, _), _ in block)
-        stem_ids, stem_mask, stem_positions = _right_aligned(
-            [(encoded[group[g].members[0]], group[g].split, group[g].stem_end) for (g, _), _ in block], width,
-            pad_id, device)
+        stem_ids, stem_mask, stem_positions = _pieces(
+            [(encoded[group[g].members[0]], group[g].split, group[g].stem_end) for (g, _), _ in block], pad_id, device)
+        width = stem_ids.shape[1]
         stem_offsets = [width - group[g].stem_end for (g, _), _ in block]  # token t sits at column offset + t
         families_of = torch.tensor([g for (g, _), _ in block], device=device)
         context_mask = torch.cat([mask[families_of], stem_mask], dim=1)
@@ -353,9 +347,9 @@ def _run_families(model, perturber, observers, trials, group: list[Family], enco
         leaves.sort(key=lambda leaf: len(encoded[leaf[2]]) - leaf[1].stem_end)  # similar lengths share a batch
         for start in range(0, len(leaves), batch_size):
             chunk = leaves[start : start + batch_size]
-            n = max(len(encoded[i]) - family.stem_end for _, family, i, _ in chunk)
-            leaf_ids, leaf_mask, leaf_positions = _right_aligned(
-                [(encoded[i], family.stem_end, len(encoded[i])) for _, family, i, _ in chunk], n, pad_id, device)
+            leaf_ids, leaf_mask, leaf_positions = _pieces(
+                [(encoded[i], family.stem_end, len(encoded[i])) for _, family, i, _ in chunk], pad_id, device)
+            n = leaf_ids.shape[1]
             offsets = [n - len(encoded[i]) for _, _, i, _ in chunk]
             index = torch.tensor([row for row, _, _, _ in chunk], device=device)
             perturber.set_batch([restrict(passes[i][key], family.stem_end, len(encoded[i]))
@@ -451,10 +445,7 @@ def run(
     order = sorted((i for i in range(len(trials)) if passes[i] and i not in in_family),
                    key=lambda i: (len(encoded[i]) - splits[i], encoded[i][: splits[i]], len(encoded[i])))
     groups = list(_groups(order, {i: len(passes[i]) for i in order}, batch_size))
-    batches = [sum(len(passes[i]) for f in g for i in f.members) for g in family_groups]
-    batches += [sum(len(passes[i]) for i in g) for g in groups]
-    bar = tqdm(total=sum(-(-rows // batch_size) for rows in batches), desc="forward passes", unit="batch",
-               disable=not progress)
+    bar = tqdm(total=sum(map(len, passes)), desc="forward rows", unit="row", disable=not progress)
     observers = [o for o in (capture, steering) if o is not None]
     scored: dict[tuple[int, object], dict] = {}
     with SpanPerturber(model, sites=sites, layers=layers) as perturber, capture or nullcontext(), torch.inference_mode():
@@ -466,7 +457,7 @@ def run(
             for keys, logits in batches_of_group:
                 answers = [trials[i]["answer"] for i, _ in keys]
                 scored.update(zip(keys, scoring.score(logits, answers, tokens, tokenizer.decode)))
-                bar.update()
+                bar.update(len(keys))
     bar.close()
     rows = []
     for condition, members in plan:
