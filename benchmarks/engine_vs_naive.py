@@ -22,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from dropnoise import benchmark, engine, models, prompts, sentences, tasks  # noqa: E402
+from dropnoise import benchmark, engine, prompts, sentences, tasks  # noqa: E402
 from dropnoise.labels import load_aliases  # noqa: E402
 
 SEED = 0
@@ -31,14 +31,7 @@ RULES = ("pred_primary", "pred_aggregate", "pred_argmax")
 
 def arguments():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-dir", default="resources/models/smollm2-135m", help="a prepared model folder")
-    parser.add_argument("--random-init", action="store_true", help="random weights of --config's architecture")
-    parser.add_argument("--config", help="architecture JSON (benchmarks/configs/) for --random-init")
-    parser.add_argument("--layers", type=int, help="keep only this many layers of --config")
-    parser.add_argument("--tokenizer-dir", default="resources/models/smollm2-135m",
-                        help="tokenizer and chat template for --random-init")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16")
+    benchmark.add_model_arguments(parser, ROOT)
     parser.add_argument("--experiments", nargs="+", default=["localization", "zero_shot"],
                         choices=["localization", "zero_shot"])
     parser.add_argument("--trials", type=int, default=12, help="base trials per experiment")
@@ -53,21 +46,6 @@ def arguments():
                         help="time both ways this many times, alternating, and report medians (a shared machine's "
                              "speed drifts)")
     return parser.parse_args()
-
-
-def load(args):
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
-    if args.random_init:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(ROOT / args.tokenizer_dir)
-        model = benchmark.random_model(ROOT / args.config, device, getattr(torch, dtype), args.layers)
-        name = f"{Path(args.config).stem} (random weights{f', {args.layers} layers' if args.layers else ''})"
-    else:
-        model, tokenizer = models.load(ROOT / args.model_dir, dtype, device)
-        name = Path(args.model_dir).name
-    return model, tokenizer, name, dtype
 
 
 def workload(experiment: str, tokenizer, args):
@@ -113,7 +91,7 @@ def agreement(naive: list[dict], ours: list[dict]) -> tuple[int, float]:
 def main():
     args = arguments()
     torch.set_num_threads(args.threads)
-    model, tokenizer, name, dtype = load(args)
+    model, tokenizer, name, dtype = benchmark.load(args)
     device = model.get_input_embeddings().weight.device
     batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
     peak = benchmark.matmul_flops(device, getattr(torch, dtype), 4096 if device.type == "cuda" else 1024)

@@ -1,4 +1,5 @@
-"""benchmarks/engine_vs_naive.py end to end on a tiny model: both ways run, alternate, and agree row by row."""
+"""The benchmark scripts end to end on a tiny model: engine_vs_naive.py (both ways run, alternate, and agree row by
+row) and hook_overhead.py."""
 
 from __future__ import annotations
 
@@ -9,9 +10,14 @@ from conftest import ROOT
 from dropnoise import models
 
 
-def test_engine_vs_naive_runs_and_agrees(tmp_path, paper_config):
+def tiny_folder(tmp_path, paper_config):
     entry = {"kind": "tiny", "family": "qwen3", "layers": 2, "seed": 0}
     models.prepare_tiny("tiny-qwen3", entry, tmp_path / "model", paper_config["models"]["smollm2-135m"], None)
+    return tmp_path / "model"
+
+
+def test_engine_vs_naive_runs_and_agrees(tmp_path, paper_config):
+    tiny_folder(tmp_path, paper_config)
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks/engine_vs_naive.py"), "--model-dir", str(tmp_path / "model"),
          "--trials", "3", "--repeats", "2", "--threads", "1", "--dropout", "0", "0.5", "--noise", "0", "2"],
@@ -24,3 +30,40 @@ def test_engine_vs_naive_runs_and_agrees(tmp_path, paper_config):
     assert out.count("median of 2 timing(s)") == 2
     assert out.count("predictions identical") == 2, out
     assert "each timing:" in out and "of the measured matmul throughput" in out
+
+
+def test_hook_overhead_runs(tmp_path, paper_config):
+    folder = tiny_folder(tmp_path, paper_config)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/hook_overhead.py"), "--model-dir", str(folder),
+         "--rows", "4", "--tokens", "40", "--spans", "3", "--span-tokens", "5", "--repeats", "2", "--threads", "1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "4 rows x 40 tokens, 3 spans of 5 tokens per row, 4 hooked sublayers" in result.stdout, result.stdout
+    assert "us per (row, span, sublayer)" in result.stdout
+    too_long = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/hook_overhead.py"), "--tokens", "20", "--spans", "3"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert too_long.returncode == 2 and "do not fit in 20 tokens" in too_long.stderr
+
+
+def test_gpu_mode_path_with_random_weights_of_a_paper_architecture(tmp_path, smol_tokenizer):
+    """The --random-init path (meant for a GPU) on CPU: a paper config shrunk to test size, built from the JSON."""
+    import json
+
+    spec = json.loads((ROOT / "benchmarks/configs/llama-3.1-8b.json").read_text())
+    spec.update(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                vocab_size=49152)
+    (tmp_path / "small.json").write_text(json.dumps(spec))
+    smol_tokenizer.save_pretrained(tmp_path / "tokenizer")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/engine_vs_naive.py"), "--random-init", "--config",
+         str(tmp_path / "small.json"), "--layers", "2", "--tokenizer-dir", str(tmp_path / "tokenizer"),
+         "--experiments", "zero_shot", "--trials", "2", "--aliases", "dropout_noise", "--threads", "1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "small (random weights, 2 layers), float32 on cpu" in result.stdout, result.stdout
+    assert "predictions identical" in result.stdout

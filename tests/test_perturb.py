@@ -93,22 +93,90 @@ def test_dropout_zeroes_fraction_p_and_rescales_survivors():
     assert not torch.equal(masks[(0, "attn")], masks[(1, "attn")])  # and per layer
 
 
+def rows_perturbed(x, kind, strength, draws):
+    """perturb() with every row of x under one perturbation."""
+    n = x.shape[0]
+    scale = 1 / (1 - strength) if kind == "dropout" else 1.0
+    return perturb(x, draws, torch.full((n,), kind == "dropout"), torch.full((n,), strength), torch.full((n,), scale))
+
+
 def test_dropout_masks_are_nested_and_noise_scales_the_same_draws():
-    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    uniforms = torch.rand(64, 32, generator=torch.Generator().manual_seed(3))
+    normals = torch.randn(64, 32, generator=torch.Generator().manual_seed(3))
     h = torch.ones(64, 32)
-    low, high = perturb(h, "dropout", 0.2, g()), perturb(h, "dropout", 0.5, g())
+    low, high = rows_perturbed(h, "dropout", 0.2, uniforms), rows_perturbed(h, "dropout", 0.5, uniforms)
     assert torch.all((low == 0) <= (high == 0))
     assert torch.equal(low[low != 0], torch.full_like(low[low != 0], 1 / 0.8))
-    a, b = perturb(torch.zeros(64, 32), "noise", 0.1, g()), perturb(torch.zeros(64, 32), "noise", 0.4, g())
-    torch.testing.assert_close(a * 4, b)
+    zeros = torch.zeros(64, 32)
+    low, high = rows_perturbed(zeros, "noise", 0.1, normals), rows_perturbed(zeros, "noise", 0.4, normals)
+    torch.testing.assert_close(low * 4, high)
+
+
+def test_rows_take_their_own_perturbation_with_the_reference_arithmetic():
+    """Mixed rows in one call equal the reference's per-span formulas (F.dropout-style survivors x 1/(1-p); noise
+    times sigma rounded to the activation dtype and added in it), bit for bit in float32 and bfloat16."""
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(6, 16, generator=torch.Generator().manual_seed(0)).to(dtype)
+        uniforms = torch.rand(6, 16, generator=torch.Generator().manual_seed(1))
+        normals = torch.randn(6, 16, generator=torch.Generator().manual_seed(2), dtype=dtype)
+        kinds = ["dropout", "noise", "dropout", "noise", "noise", "dropout"]
+        strengths = [0.3, 0.0105, 0.98, 2.5, 1.0, 0.02]
+        draws = torch.stack([u if k == "dropout" else z.float() for u, z, k in zip(uniforms, normals, kinds)])
+        out = perturb(x, draws, torch.tensor([k == "dropout" for k in kinds]), torch.tensor(strengths),
+                      torch.tensor([1 / (1 - s) if k == "dropout" else 1.0 for k, s in zip(kinds, strengths)]))
+        assert out.dtype == dtype
+        for row, (kind, strength) in enumerate(zip(kinds, strengths)):
+            if kind == "dropout":
+                expected = x[row] * (uniforms[row] >= strength).to(dtype) * (1.0 / (1.0 - strength))
+            else:
+                expected = x[row] + normals[row] * strength
+            assert torch.equal(out[row], expected), (dtype, kind, strength)
 
 
 def test_noise_is_absolute_sigma_in_activation_dtype():
     h = torch.zeros(256, 64, dtype=torch.bfloat16)
-    out = perturb(h, "noise", 0.5, torch.Generator().manual_seed(0))
+    normals = torch.randn(256, 64, generator=torch.Generator().manual_seed(0), dtype=torch.bfloat16).float()
+    out = rows_perturbed(h, "noise", 0.5, normals)
     assert out.dtype == torch.bfloat16
     assert abs(out.float().std().item() - 0.5) < 0.02
     assert abs(out.float().mean().item()) < 0.02
+
+
+def test_each_span_draws_from_its_own_seeded_stream(tiny_model):
+    """At every layer and sublayer, a span's draws are those of a generator seeded by (trial seed, layer, site, span
+    index), whatever else the batch holds: the hooked output equals the raw sublayer output (seen by a hook that runs
+    before the perturber's) perturbed with exactly those draws."""
+    from dropnoise.perturb import SITES
+    from dropnoise.vocabulary import derive_seed
+
+    rows = [IDS[0, :30].tolist(), IDS[0, :24].tolist()]
+    plans = [TrialPerturbation(11, (Span(2, 6, "noise", 0.7), Span(9, 14, "dropout", 0.4))), one("dropout", 0.6, 1, 5)]
+    ids, mask, positions, offsets = pad_left(rows, 0, "cpu")
+    raw, handles = capture(tiny_model, ["attn", "mlp"])
+    with SpanPerturber(tiny_model) as perturber, torch.inference_mode():
+        hooked, more = capture(tiny_model, ["attn", "mlp"])
+        perturber.set_batch(plans, offsets)
+        tiny_model(input_ids=ids, attention_mask=mask, position_ids=positions)
+    for h in handles + more:
+        h.remove()
+    for (layer, site), output in raw.items():
+        expected = output.clone()
+        for row, (plan, offset) in enumerate(zip(plans, offsets)):
+            for index, span in enumerate(plan.spans):
+                generator = torch.Generator().manual_seed(derive_seed(plan.seed, layer, SITES.index(site), index))
+                tokens = slice(offset + span.start, offset + span.end)
+                x = output[row, tokens]
+                if span.kind == "dropout":
+                    keep = torch.rand(x.shape, generator=generator) >= span.strength
+                    expected[row, tokens] = x * keep * (1 / (1 - span.strength))
+                else:
+                    expected[row, tokens] = x + torch.randn(x.shape, generator=generator) * span.strength
+        assert torch.equal(hooked[(layer, site)], expected), (layer, site)
+
+
+def test_a_span_before_the_rows_first_token_is_rejected(tiny_model):
+    with SpanPerturber(tiny_model) as perturber, pytest.raises(ValueError, match="starts before row 0"):
+        perturber.set_batch([one("noise", 1.0, 2, 6)], [-3])
 
 
 def test_batched_left_padded_equals_single_trials(tiny_model):

@@ -35,6 +35,37 @@ def random_model(config_file: str | Path, device: str, dtype: torch.dtype, layer
     return model.eval()
 
 
+def add_model_arguments(parser, root: Path) -> None:
+    """The benchmarks' model options: a prepared folder, or random weights of a paper architecture."""
+    parser.add_argument("--model-dir", default=str(root / "resources/models/smollm2-135m"),
+                        help="a prepared model folder")
+    parser.add_argument("--random-init", action="store_true", help="random weights of --config's architecture")
+    parser.add_argument("--config", help="architecture JSON (benchmarks/configs/) for --random-init")
+    parser.add_argument("--layers", type=int, help="keep only this many layers of --config")
+    parser.add_argument("--tokenizer-dir", default=str(root / "resources/models/smollm2-135m"),
+                        help="tokenizer and chat template for --random-init")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16")
+
+
+def load(args):
+    """Model, tokenizer, a name to print and the dtype, from add_model_arguments' options."""
+    from transformers import AutoTokenizer
+
+    from . import models
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+    if args.random_init:
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_dir)
+        model = random_model(args.config, device, getattr(torch, dtype), args.layers)
+        name = f"{Path(args.config).stem} (random weights{f', {args.layers} layers' if args.layers else ''})"
+    else:
+        model, tokenizer = models.load(args.model_dir, dtype, device)
+        name = Path(args.model_dir).name
+    return model, tokenizer, name, dtype
+
+
 def reference_run(model, tokenizer, trials: list[dict], conditions: list[dict], letters, seed: int,
                   sites=("attn", "mlp"), layers=None, work: engine.Work | None = None) -> list[dict]:
     """The reference loop, with the engine's hooks and seeds (so predictions are comparable row by row)."""

@@ -12,6 +12,10 @@ Randomness: every (trial, layer, site, span) draws from its own generator, seede
 trial's perturbation does not depend on batch size, padding or the other trials in the batch, and, since the same
 uniforms / normals are reused at every strength, dropout masks are nested across p and noise draws are the same
 normals scaled by sigma (the paper's common random numbers). p = 0 and sigma = 0 do not touch the activations.
+
+Cost: a hook gathers every perturbed token of the batch, perturbs them in one go and scatters them back; only the
+draws take a kernel per span. Per-row work in a hook is launch overhead, which on a GPU can outlast a layer's
+matmuls when a batch holds hundreds of rows with several spans each (few-shot prompts).
 """
 
 from __future__ import annotations
@@ -59,14 +63,32 @@ class TrialPerturbation:
     spans: tuple[Span, ...]
 
 
-def perturb(h: torch.Tensor, kind: str, strength: float, generator: torch.Generator) -> torch.Tensor:
-    """Return a perturbed copy of a [tokens, hidden] slice; the draws come from `generator` only."""
-    if kind == "dropout":
-        uniform = torch.rand(h.shape, generator=generator, device=h.device, dtype=torch.float32)
-        keep = (uniform >= strength).to(h.dtype)
-        return h * keep * (1.0 / (1.0 - strength))
-    noise = torch.randn(h.shape, generator=generator, device=h.device, dtype=h.dtype)
-    return h + noise * strength
+def perturb(x: torch.Tensor, draws: torch.Tensor, dropout: torch.Tensor, strength: torch.Tensor,
+            scale: torch.Tensor) -> torch.Tensor:
+    """Perturbed copy of the token rows x [tokens, hidden], each row by its own perturbation. draws (float32, like
+    x) holds a dropout row's uniforms and a noise row's standard normals (drawn in x's dtype); dropout, strength and
+    scale (1/(1-p)) are per row. The arithmetic is the reference's: an element survives when its uniform is >= p
+    and is then scaled by 1/(1-p); noise times sigma is rounded to x's dtype and added in it."""
+    dropped = ((x * (draws >= strength[:, None]).to(x.dtype)).float() * scale[:, None]).to(x.dtype)
+    noised = x + (draws * strength[:, None]).to(x.dtype)
+    return torch.where(dropout[:, None], dropped, noised)
+
+
+@dataclass
+class _Batch:
+    """A pass's perturbed tokens, flattened: batch row and column of each, its perturbation, and the draw streams
+    (trial seed, span index, first and last token) that fill its slice of the draws."""
+
+    rows: torch.Tensor
+    columns: torch.Tensor
+    dropout: torch.Tensor
+    strength: torch.Tensor
+    scale: torch.Tensor
+    streams: list[tuple[int, int, int, int, bool]]
+
+    def to(self, device: torch.device) -> _Batch:
+        tensors = (self.rows, self.columns, self.dropout, self.strength, self.scale)
+        return _Batch(*(t.to(device) for t in tensors), self.streams)
 
 
 class SpanPerturber:
@@ -93,38 +115,65 @@ class SpanPerturber:
                 module = blocks[index] if site == "residual" else sublayer(blocks[index], site)
                 self._targets.append((module, index, SITES.index(site)))
         self._handles = []
-        self._plan: list[tuple[int, int, TrialPerturbation]] = []
+        self._batch: _Batch | None = None
+        self._placed: dict[torch.device, _Batch] = {}  # the batch on each device the model's layers sit on
+        self._generators: dict[torch.device, torch.Generator] = {}
 
     def set_batch(self, trials: Sequence[TrialPerturbation | None], offsets: Sequence[int]) -> None:
         """trials[b] perturbs row b, whose prompt token 0 sits at column offsets[b]: the left padding, or a
         negative number when the row holds only the suffix of its prompt (its prefix is in a key/value cache)."""
         if len(trials) != len(offsets):
             raise ValueError("one offset per trial is required")
-        self._plan = [
-            (row, offset, trial)
-            for row, (trial, offset) in enumerate(zip(trials, offsets))
-            if trial is not None and not all(span.is_noop for span in trial.spans)
-        ]
+        rows, columns, dropout, strength, scale, streams = [], [], [], [], [], []
+        for row, (trial, offset) in enumerate(zip(trials, offsets)):
+            for index, span in enumerate(trial.spans if trial is not None else ()):
+                if span.is_noop:
+                    continue
+                a, b = offset + span.start, offset + span.end
+                if a < 0:  # the span would reach into a cached prefix, which this pass cannot change
+                    raise ValueError(f"span [{span.start}, {span.end}) starts before row {row}'s first token")
+                is_dropout = span.kind == "dropout"
+                streams.append((trial.seed, index, len(rows), len(rows) + b - a, is_dropout))
+                rows += [row] * (b - a)
+                columns += range(a, b)
+                dropout += [is_dropout] * (b - a)
+                strength += [span.strength] * (b - a)
+                scale += [1.0 / (1.0 - span.strength) if is_dropout else 1.0] * (b - a)
+        self.clear()
+        if rows:
+            self._batch = _Batch(torch.tensor(rows), torch.tensor(columns), torch.tensor(dropout),
+                                 torch.tensor(strength, dtype=torch.float32), torch.tensor(scale, dtype=torch.float32),
+                                 streams)
 
     def clear(self) -> None:
-        self._plan = []
+        self._batch = None
+        self._placed = {}
+
+    @staticmethod
+    def _draws(batch: _Batch, generator, layer: int, site: int, like: torch.Tensor) -> torch.Tensor:
+        """Every perturbed token's draws at one sublayer, one kernel per span: each (trial, layer, site, span) has its
+        own seed, so a trial draws the same numbers in any batch. Normals are drawn in the activation dtype."""
+        shape = (len(batch.rows), like.shape[-1])
+        uniforms = torch.empty(shape, dtype=torch.float32, device=like.device)
+        normals = uniforms if like.dtype == torch.float32 else torch.empty(shape, dtype=like.dtype, device=like.device)
+        for seed, index, first, last, is_dropout in batch.streams:
+            generator.manual_seed(derive_seed(seed, layer, site, index))
+            out = (uniforms if is_dropout else normals)[first:last]
+            (torch.rand if is_dropout else torch.randn)(out.shape, generator=generator, out=out)
+        return uniforms if normals is uniforms else torch.where(batch.dropout[:, None], uniforms, normals.float())
 
     def _hook(self, layer: int, site: int):
         def hook(module, args, output):
-            if not self._plan:
+            if self._batch is None:
                 return None
             h = output[0] if isinstance(output, tuple) else output
-            new = h.clone()
-            for row, offset, trial in self._plan:
-                for index, span in enumerate(trial.spans):
-                    if span.is_noop:
-                        continue
-                    generator = torch.Generator(device=h.device)
-                    generator.manual_seed(derive_seed(trial.seed, layer, site, index))
-                    a, b = offset + span.start, offset + span.end
-                    if a < 0:  # the span would reach into a cached prefix, which this pass cannot change
-                        raise ValueError(f"span [{span.start}, {span.end}) starts before row {row}'s first token")
-                    new[row, a:b] = perturb(h[row, a:b], span.kind, span.strength, generator)
+            if h.device not in self._placed:  # once per pass and device (a model may be split over devices)
+                self._placed[h.device] = self._batch.to(h.device)
+                self._generators.setdefault(h.device, torch.Generator(device=h.device))
+            batch = self._placed[h.device]
+            tokens = (batch.rows, batch.columns)
+            draws = self._draws(batch, self._generators[h.device], layer, site, h)
+            new = h.index_put(tokens, perturb(h[tokens], draws, batch.dropout, batch.strength, batch.scale))
             return (new, *output[1:]) if isinstance(output, tuple) else new
 
         return hook
@@ -137,5 +186,5 @@ class SpanPerturber:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self._plan = []
+        self._batch = None
         return False
