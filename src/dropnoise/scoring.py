@@ -21,14 +21,17 @@ def score(logits: torch.Tensor, answers: list[str], tokens: dict[str, dict], dec
     log_probs = torch.log_softmax(logits, dim=-1)
     probs = log_probs.exp()
     letters = list(tokens)
-    primary_ids = torch.tensor([tokens[letter]["primary"] for letter in letters], device=logits.device)
-    primary_logits = logits[:, primary_ids]
-    aggregate = torch.stack(
-        [probs[:, tokens[letter]["variants"]].sum(dim=-1) for letter in letters], dim=-1
-    )
-    variant_to_letter = {tid: letter for letter in letters for tid in tokens[letter]["variants"]}
-    argmax_ids = logits.argmax(dim=-1).tolist()
+    primary_ids = [tokens[letter]["primary"] for letter in letters]
+    aggregate = torch.stack([probs[:, tokens[letter]["variants"]].sum(dim=-1) for letter in letters], dim=-1)
     entropy = -(probs * log_probs).nan_to_num().sum(dim=-1)
+    # The few numbers each row needs, moved to the CPU in one transfer each (not one per value and row: on a GPU
+    # every transfer waits for the device).
+    primary_logits, primary_probs, primary_log_probs, aggregate, entropy, argmax_ids = (
+        t.cpu() for t in (logits[:, primary_ids], probs[:, primary_ids], log_probs[:, primary_ids], aggregate,
+                          entropy, logits.argmax(dim=-1))
+    )
+    argmax_ids = argmax_ids.tolist()
+    variant_to_letter = {tid: letter for letter in letters for tid in tokens[letter]["variants"]}
     rows = []
     for b, answer in enumerate(answers):
         i = letters.index(answer)
@@ -41,13 +44,13 @@ def score(logits: torch.Tensor, answers: list[str], tokens: dict[str, dict], dec
         row = {}
         for j, letter in enumerate(letters):
             row[f"logit_{letter}"] = float(primary_logits[b, j])
-            row[f"prob_{letter}"] = float(probs[b, tokens[letter]["primary"]])
+            row[f"prob_{letter}"] = float(primary_probs[b, j])
             row[f"sum_prob_{letter}"] = float(aggregate[b, j])
         for rule in RULES:
             row[f"pred_{rule}"] = predictions[rule]
             row[f"correct_{rule}"] = predictions[rule] == answer
         row["logit_diff"] = float(primary_logits[b, i] - torch.logsumexp(primary_logits[b, others], dim=0))
-        row["log_prob_correct"] = float(log_probs[b, tokens[answer]["primary"]])
+        row["log_prob_correct"] = float(primary_log_probs[b, i])
         row["argmax_token"] = decode([argmax_ids[b]])
         row["entropy"] = float(entropy[b])
         rows.append(row)
