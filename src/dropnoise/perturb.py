@@ -65,9 +65,9 @@ class TrialPerturbation:
 
 def perturb(x: torch.Tensor, draws: torch.Tensor, dropout: torch.Tensor, strength: torch.Tensor,
             scale: torch.Tensor) -> torch.Tensor:
-    """Perturbed copy of the token rows x [tokens, hidden], each row by its own perturbation. draws (float32, like
-    x) holds a dropout row's uniforms and a noise row's standard normals (drawn in x's dtype); dropout, strength and
-    scale (1/(1-p)) are per row. The arithmetic is the reference's: an element survives when its uniform is >= p
+    """Perturbed copy of the token rows x [tokens, hidden], each row by its own perturbation. draws (float32, x's
+    shape) holds a dropout row's uniforms and a noise row's standard normals (drawn in x's dtype); dropout, strength
+    and scale (1/(1-p)) are per row. The arithmetic is the reference's: an element survives when its uniform is >= p
     and is then scaled by 1/(1-p); noise times sigma is rounded to x's dtype and added in it."""
     dropped = ((x * (draws >= strength[:, None]).to(x.dtype)).float() * scale[:, None]).to(x.dtype)
     noised = x + (draws * strength[:, None]).to(x.dtype)
