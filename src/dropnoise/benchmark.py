@@ -1,4 +1,5 @@
-"""Measuring the engine against the reference way of running (benchmarks/engine_vs_naive.py).
+"""Measuring the engine against the reference way of running (benchmarks/engine_vs_naive.py); the model options
+the benchmark scripts share.
 
 The reference is the authors' toolkit's loop: one trial and one condition per forward pass, batch 1, the whole
 prompt recomputed, logits at every position. Speed does not depend on the weights, so a paper architecture can be
