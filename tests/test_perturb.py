@@ -3,6 +3,8 @@ and independence from batching and padding."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -142,13 +144,16 @@ def test_noise_is_absolute_sigma_in_activation_dtype():
     assert abs(out.float().mean().item()) < 0.02
 
 
-def test_each_span_draws_from_its_own_seeded_stream(tiny_model):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_each_span_draws_from_its_own_seeded_stream(tiny_model, dtype):
     """At every layer and sublayer, a span's draws are those of a generator seeded by (trial seed, layer, site, span
     index), whatever else the batch holds: the hooked output equals the raw sublayer output (seen by a hook that runs
-    before the perturber's) perturbed with exactly those draws."""
+    before the perturber's) perturbed with exactly those draws, by the reference's formulas (normals drawn in the
+    activation dtype, as the paper's randn_like)."""
     from dropnoise.perturb import SITES
     from dropnoise.vocabulary import derive_seed
 
+    tiny_model = copy.deepcopy(tiny_model).to(dtype)
     rows = [IDS[0, :30].tolist(), IDS[0, :24].tolist()]
     plans = [TrialPerturbation(11, (Span(2, 6, "noise", 0.7), Span(9, 14, "dropout", 0.4))), one("dropout", 0.6, 1, 5)]
     ids, mask, positions, offsets = pad_left(rows, 0, "cpu")
@@ -170,13 +175,24 @@ def test_each_span_draws_from_its_own_seeded_stream(tiny_model):
                     keep = torch.rand(x.shape, generator=generator) >= span.strength
                     expected[row, tokens] = x * keep * (1 / (1 - span.strength))
                 else:
-                    expected[row, tokens] = x + torch.randn(x.shape, generator=generator) * span.strength
+                    expected[row, tokens] = x + torch.randn(x.shape, generator=generator, dtype=dtype) * span.strength
         assert torch.equal(hooked[(layer, site)], expected), (layer, site)
 
 
-def test_a_span_before_the_rows_first_token_is_rejected(tiny_model):
-    with SpanPerturber(tiny_model) as perturber, pytest.raises(ValueError, match="starts before row 0"):
-        perturber.set_batch([one("noise", 1.0, 2, 6)], [-3])
+def test_spans_that_cannot_be_applied_are_rejected_and_leave_nothing_armed(tiny_model):
+    clean = logits(tiny_model, IDS)
+    with SpanPerturber(tiny_model) as perturber:
+        for plan, offset, message in [
+            (one("noise", 1.0, 2, 6), -3, "starts before row 0"),
+            (TrialPerturbation(1, (Span(2, 8, "noise", 1.0), Span(6, 9, "dropout", 0.5))), 0, "overlap"),
+        ]:
+            perturber.set_batch([one("noise", 5.0)], [0])  # a valid batch first: a rejected one must not leave it armed
+            with pytest.raises(ValueError, match=message):
+                perturber.set_batch([plan], [offset])
+            assert torch.equal(logits(tiny_model, IDS), clean)
+        perturber.set_batch([one("noise", 1.0, 30, 45)], [0])
+        with pytest.raises(ValueError, match="ends at column 45 of a pass 40 columns wide"):
+            logits(tiny_model, IDS)
 
 
 def test_batched_left_padded_equals_single_trials(tiny_model):

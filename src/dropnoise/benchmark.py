@@ -37,13 +37,14 @@ def random_model(config_file: str | Path, device: str, dtype: torch.dtype, layer
 
 
 def add_model_arguments(parser, root: Path) -> None:
-    """The benchmarks' model options: a prepared folder, or random weights of a paper architecture."""
-    parser.add_argument("--model-dir", default=str(root / "resources/models/smollm2-135m"),
-                        help="a prepared model folder")
+    """The benchmarks' model options: a prepared folder, or random weights of a paper architecture. Relative paths
+    are read from the repository root `root`, wherever the script is started."""
+    parser.set_defaults(root=root)
+    parser.add_argument("--model-dir", default="resources/models/smollm2-135m", help="a prepared model folder")
     parser.add_argument("--random-init", action="store_true", help="random weights of --config's architecture")
     parser.add_argument("--config", help="architecture JSON (benchmarks/configs/) for --random-init")
     parser.add_argument("--layers", type=int, help="keep only this many layers of --config")
-    parser.add_argument("--tokenizer-dir", default=str(root / "resources/models/smollm2-135m"),
+    parser.add_argument("--tokenizer-dir", default="resources/models/smollm2-135m",
                         help="tokenizer and chat template for --random-init")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16")
@@ -58,11 +59,11 @@ def load(args):
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
     if args.random_init:
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_dir)
-        model = random_model(args.config, device, getattr(torch, dtype), args.layers)
+        tokenizer = AutoTokenizer.from_pretrained(args.root / args.tokenizer_dir)
+        model = random_model(args.root / args.config, device, getattr(torch, dtype), args.layers)
         name = f"{Path(args.config).stem} (random weights{f', {args.layers} layers' if args.layers else ''})"
     else:
-        model, tokenizer = models.load(args.model_dir, dtype, device)
+        model, tokenizer = models.load(args.root / args.model_dir, dtype, device)
         name = Path(args.model_dir).name
     return model, tokenizer, name, dtype
 

@@ -177,12 +177,16 @@ class Work:
 
 
 def _rows_of(cache: DynamicCache, rows: list[int]) -> DynamicCache:
-    """A cache holding the given batch rows of `cache` (repeats allowed); `cache` itself stays intact. The index is
-    a CPU tensor, which can index a tensor on any device: a model split over GPUs keeps each layer's cache on that
-    layer's device."""
+    """A cache holding the given batch rows of `cache` (repeats allowed); `cache` itself stays intact. A model split
+    over GPUs keeps each layer's cache on that layer's device, so the index is made once per device."""
     selected = copy.copy(cache)
     selected.layers = [copy.copy(layer) for layer in cache.layers]
-    selected.batch_select_indices(torch.tensor(rows))
+    index: dict[torch.device, torch.Tensor] = {}
+    for layer in selected.layers:
+        device = layer.keys.device if getattr(layer, "keys", None) is not None else torch.device("cpu")
+        if device not in index:
+            index[device] = torch.tensor(rows, device=device)
+        layer.batch_select_indices(index[device])
     return selected
 
 
@@ -241,14 +245,15 @@ def _run_group(model, perturber, observers, trials, group, encoded, splits, pass
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         members = [g for g, _, _ in chunk]
+        index = torch.tensor(members, device=device)
         suffix_offsets = [offsets[g] - prefix for g, _, _ in chunk]
         perturber.set_batch([passes[i][key] for _, i, key in chunk], suffix_offsets)
         for observer in observers:
             observer.set_batch([(trials[i], key) for _, i, key in chunk], suffix_offsets)
         out = model(
-            input_ids=ids[members, prefix:],
-            attention_mask=mask[members],
-            position_ids=positions[members, prefix:],
+            input_ids=ids[index, prefix:],
+            attention_mask=mask[index],
+            position_ids=positions[index, prefix:],
             past_key_values=None if cache is None else _rows_of(cache, members),
             use_cache=cache is not None,
             logits_to_keep=1,
@@ -334,7 +339,7 @@ def _run_families(model, perturber, observers, trials, group: list[Family], enco
         width = stem_ids.shape[1]
         stem_offsets = [width - group[g].stem_end for (g, _), _ in block]  # token t sits at column offset + t
         families = [g for (g, _), _ in block]
-        context_mask = torch.cat([mask[families], stem_mask], dim=1)
+        context_mask = torch.cat([mask[torch.tensor(families, device=device)], stem_mask], dim=1)
         cache = _rows_of(prefix_cache, families)
         leaves = [(row, group[g], i, key) for row, ((g, _), members) in enumerate(block) for i, key in members]
         perturber.set_batch([perturbation for (_, perturbation), _ in block], stem_offsets)
@@ -354,12 +359,13 @@ def _run_families(model, perturber, observers, trials, group: list[Family], enco
             n = leaf_ids.shape[1]
             offsets = [n - len(encoded[i]) for _, _, i, _ in chunk]
             stems_of = [row for row, _, _, _ in chunk]
+            index = torch.tensor(stems_of, device=device)
             perturber.set_batch([restrict(passes[i][key], family.stem_end, len(encoded[i]))
                                  for _, family, i, key in chunk], offsets)
             for observer in observers:  # a leaf holds its prompt from the stem's end on
                 observer.set_batch([(trials[i], key) for _, _, i, key in chunk], offsets,
                                    starts=[family.stem_end for _, family, _, _ in chunk])
-            out = model(input_ids=leaf_ids, attention_mask=torch.cat([context_mask[stems_of], leaf_mask], dim=1),
+            out = model(input_ids=leaf_ids, attention_mask=torch.cat([context_mask[index], leaf_mask], dim=1),
                         position_ids=leaf_positions, past_key_values=_rows_of(cache, stems_of), use_cache=True,
                         logits_to_keep=1)
             work.computed_tokens += n * len(chunk)

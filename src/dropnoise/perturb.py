@@ -76,8 +76,9 @@ def perturb(x: torch.Tensor, draws: torch.Tensor, dropout: torch.Tensor, strengt
 
 @dataclass
 class _Batch:
-    """A pass's perturbed tokens, flattened: batch row and column of each, its perturbation, and the draw streams
-    (trial seed, span index, first and last token) that fill its slice of the draws."""
+    """A pass's perturbed tokens, flattened: batch row and column of each, its perturbation, the draw streams
+    (trial seed, span index, first and last token, dropout or not) that fill its slice of the draws, and the
+    columns a pass must have."""
 
     rows: torch.Tensor
     columns: torch.Tensor
@@ -85,10 +86,11 @@ class _Batch:
     strength: torch.Tensor
     scale: torch.Tensor
     streams: list[tuple[int, int, int, int, bool]]
+    width: int
 
     def to(self, device: torch.device) -> _Batch:
         tensors = (self.rows, self.columns, self.dropout, self.strength, self.scale)
-        return _Batch(*(t.to(device) for t in tensors), self.streams)
+        return _Batch(*(t.to(device) for t in tensors), self.streams, self.width)
 
 
 class SpanPerturber:
@@ -122,13 +124,16 @@ class SpanPerturber:
     def set_batch(self, trials: Sequence[TrialPerturbation | None], offsets: Sequence[int]) -> None:
         """trials[b] perturbs row b, whose prompt token 0 sits at column offsets[b]: the left padding, or a
         negative number when the row holds only the suffix of its prompt (its prefix is in a key/value cache)."""
+        self.clear()
         if len(trials) != len(offsets):
             raise ValueError("one offset per trial is required")
         rows, columns, dropout, strength, scale, streams = [], [], [], [], [], []
         for row, (trial, offset) in enumerate(zip(trials, offsets)):
-            for index, span in enumerate(trial.spans if trial is not None else ()):
-                if span.is_noop:
-                    continue
+            spans = [(index, span) for index, span in enumerate(trial.spans if trial else ()) if not span.is_noop]
+            ranges = sorted((span.start, span.end) for _, span in spans)
+            if any(end > start for (_, end), (start, _) in zip(ranges, ranges[1:])):
+                raise ValueError(f"row {row}: spans {ranges} overlap")
+            for index, span in spans:
                 a, b = offset + span.start, offset + span.end
                 if a < 0:  # the span would reach into a cached prefix, which this pass cannot change
                     raise ValueError(f"span [{span.start}, {span.end}) starts before row {row}'s first token")
@@ -139,11 +144,10 @@ class SpanPerturber:
                 dropout += [is_dropout] * (b - a)
                 strength += [span.strength] * (b - a)
                 scale += [1.0 / (1.0 - span.strength) if is_dropout else 1.0] * (b - a)
-        self.clear()
         if rows:
             self._batch = _Batch(torch.tensor(rows), torch.tensor(columns), torch.tensor(dropout),
                                  torch.tensor(strength, dtype=torch.float32), torch.tensor(scale, dtype=torch.float32),
-                                 streams)
+                                 streams, max(columns) + 1)
 
     def clear(self) -> None:
         self._batch = None
@@ -167,9 +171,12 @@ class SpanPerturber:
             if self._batch is None:
                 return None
             h = output[0] if isinstance(output, tuple) else output
+            if h.shape[1] < self._batch.width:
+                raise ValueError(f"a span ends at column {self._batch.width} of a pass {h.shape[1]} columns wide")
             if h.device not in self._placed:  # once per pass and device (a model may be split over devices)
                 self._placed[h.device] = self._batch.to(h.device)
-                self._generators.setdefault(h.device, torch.Generator(device=h.device))
+            if h.device not in self._generators:
+                self._generators[h.device] = torch.Generator(device=h.device)
             batch = self._placed[h.device]
             tokens = (batch.rows, batch.columns)
             draws = self._draws(batch, self._generators[h.device], layer, site, h)
@@ -186,5 +193,5 @@ class SpanPerturber:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self._batch = None
+        self.clear()
         return False
