@@ -176,17 +176,18 @@ class Work:
         )
 
 
-def _rows_of(cache: DynamicCache, rows: list[int]) -> DynamicCache:
+def _rows_of(cache: DynamicCache, index: torch.Tensor) -> DynamicCache:
     """A cache holding the given batch rows of `cache` (repeats allowed); `cache` itself stays intact. A model split
-    over GPUs keeps each layer's cache on that layer's device, so the index is made once per device."""
+    over GPUs keeps each layer's cache on that layer's device, so the index is copied to each device once."""
     selected = copy.copy(cache)
     selected.layers = [copy.copy(layer) for layer in cache.layers]
-    index: dict[torch.device, torch.Tensor] = {}
+    on = {index.device: index}
     for layer in selected.layers:
-        device = layer.keys.device if getattr(layer, "keys", None) is not None else torch.device("cpu")
-        if device not in index:
-            index[device] = torch.tensor(rows, device=device)
-        layer.batch_select_indices(index[device])
+        keys = getattr(layer, "keys", None)  # None until the layer holds a token
+        device = index.device if keys is None else keys.device
+        if device not in on:
+            on[device] = index.to(device)
+        layer.batch_select_indices(on[device])
     return selected
 
 
@@ -214,7 +215,7 @@ def _prefill(model, observers, ids, mask, positions, shared: int, work: Work) ->
     if shared:
         model(input_ids=ids[:1, :shared], attention_mask=mask[:1, :shared], position_ids=positions[:1, :shared],
               past_key_values=cache, use_cache=True, logits_to_keep=1)
-        cache = _rows_of(cache, [0] * rows)
+        cache = _rows_of(cache, torch.zeros(rows, dtype=torch.long, device=ids.device))
     if width > shared:
         model(input_ids=ids[:, shared:], attention_mask=mask, position_ids=positions[:, shared:],
               past_key_values=cache, use_cache=True, logits_to_keep=1)
@@ -244,8 +245,7 @@ def _run_group(model, perturber, observers, trials, group, encoded, splits, pass
     rows = [(g, i, key) for g, i in enumerate(group) for key in passes[i]]
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        members = [g for g, _, _ in chunk]
-        index = torch.tensor(members, device=device)
+        index = torch.tensor([g for g, _, _ in chunk], device=device)
         suffix_offsets = [offsets[g] - prefix for g, _, _ in chunk]
         perturber.set_batch([passes[i][key] for _, i, key in chunk], suffix_offsets)
         for observer in observers:
@@ -254,7 +254,7 @@ def _run_group(model, perturber, observers, trials, group, encoded, splits, pass
             input_ids=ids[index, prefix:],
             attention_mask=mask[index],
             position_ids=positions[index, prefix:],
-            past_key_values=None if cache is None else _rows_of(cache, members),
+            past_key_values=None if cache is None else _rows_of(cache, index),
             use_cache=cache is not None,
             logits_to_keep=1,
         )
@@ -338,9 +338,9 @@ def _run_families(model, perturber, observers, trials, group: list[Family], enco
             [(encoded[group[g].members[0]], group[g].split, group[g].stem_end) for (g, _), _ in block], pad_id, device)
         width = stem_ids.shape[1]
         stem_offsets = [width - group[g].stem_end for (g, _), _ in block]  # token t sits at column offset + t
-        families = [g for (g, _), _ in block]
-        context_mask = torch.cat([mask[torch.tensor(families, device=device)], stem_mask], dim=1)
-        cache = _rows_of(prefix_cache, families)
+        families_of = torch.tensor([g for (g, _), _ in block], device=device)
+        context_mask = torch.cat([mask[families_of], stem_mask], dim=1)
+        cache = _rows_of(prefix_cache, families_of)
         leaves = [(row, group[g], i, key) for row, ((g, _), members) in enumerate(block) for i, key in members]
         perturber.set_batch([perturbation for (_, perturbation), _ in block], stem_offsets)
         for observer in observers:  # the stems hold the test spans (captured here), not the answer position
@@ -358,15 +358,14 @@ def _run_families(model, perturber, observers, trials, group: list[Family], enco
                 [(encoded[i], family.stem_end, len(encoded[i])) for _, family, i, _ in chunk], pad_id, device)
             n = leaf_ids.shape[1]
             offsets = [n - len(encoded[i]) for _, _, i, _ in chunk]
-            stems_of = [row for row, _, _, _ in chunk]
-            index = torch.tensor(stems_of, device=device)
+            index = torch.tensor([row for row, _, _, _ in chunk], device=device)
             perturber.set_batch([restrict(passes[i][key], family.stem_end, len(encoded[i]))
                                  for _, family, i, key in chunk], offsets)
             for observer in observers:  # a leaf holds its prompt from the stem's end on
                 observer.set_batch([(trials[i], key) for _, _, i, key in chunk], offsets,
                                    starts=[family.stem_end for _, family, _, _ in chunk])
             out = model(input_ids=leaf_ids, attention_mask=torch.cat([context_mask[index], leaf_mask], dim=1),
-                        position_ids=leaf_positions, past_key_values=_rows_of(cache, stems_of), use_cache=True,
+                        position_ids=leaf_positions, past_key_values=_rows_of(cache, index), use_cache=True,
                         logits_to_keep=1)
             work.computed_tokens += n * len(chunk)
             work.prompt_tokens += sum(len(encoded[i]) for _, _, i, _ in chunk)
