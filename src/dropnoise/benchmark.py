@@ -2,7 +2,8 @@
 the benchmark scripts share.
 
 The reference is the authors' toolkit's loop: one trial and one condition per forward pass, batch 1, the whole
-prompt recomputed, logits at every position. Speed does not depend on the weights, so a paper architecture can be
+prompt recomputed, logits at every position, its forward pass as the toolkit makes it (hooks registered for the
+pass, `torch.no_grad()`, `output_hidden_states=True`). Speed does not depend on the weights, so a paper architecture can be
 built with random weights straight on the device from its published dimensions (benchmarks/configs/*.json).
 """
 
@@ -70,25 +71,27 @@ def load(args):
 
 def reference_run(model, tokenizer, trials: list[dict], conditions: list[dict], letters, seed: int,
                   sites=("attn", "mlp"), layers=None, work: engine.Work | None = None) -> list[dict]:
-    """The reference loop, with the engine's hooks and seeds (so predictions are comparable row by row)."""
+    """The reference loop, with the engine's hooks and seeds (so predictions are comparable row by row). Each pass
+    is the toolkit's (paper protocol, section 3.4): register the hooks, one forward pass under `torch.no_grad()`
+    with `output_hidden_states=True` (its classification runs read them for a logit lens), remove the hooks."""
     tokens = prompts.option_tokens(tokenizer, letters)
     device = model.get_input_embeddings().weight.device
     rows = []
-    with SpanPerturber(model, sites=sites, layers=layers) as perturber, torch.inference_mode():
-        for condition in conditions:
-            for trial in trials:
-                if not engine.applies(trial, condition):
-                    continue
-                ids = prompts.tokenize(tokenizer, trial["text"])[0]
+    for condition in conditions:
+        for trial in trials:
+            if not engine.applies(trial, condition):
+                continue
+            ids = prompts.tokenize(tokenizer, trial["text"])[0]
+            with SpanPerturber(model, sites=sites, layers=layers) as perturber, torch.no_grad():
                 perturber.set_batch([engine.trial_perturbation(trial, condition, seed)], [0])
-                logits = model(input_ids=torch.tensor([ids], device=device)).logits
-                (score,) = scoring.score(logits[:, -1, :], [trial["answer"]], tokens, tokenizer.decode)
-                rows.append({"trial_id": trial["trial_id"], **engine.condition_columns(trial, condition), **score})
-                if work is not None:
-                    work.rows += 1
-                    work.passes += 1
-                    work.prompt_tokens += len(ids)
-                    work.computed_tokens += len(ids)
+                logits = model(input_ids=torch.tensor([ids], device=device), output_hidden_states=True).logits
+            (score,) = scoring.score(logits[:, -1, :], [trial["answer"]], tokens, tokenizer.decode)
+            rows.append({"trial_id": trial["trial_id"], **engine.condition_columns(trial, condition), **score})
+            if work is not None:
+                work.rows += 1
+                work.passes += 1
+                work.prompt_tokens += len(ids)
+                work.computed_tokens += len(ids)
     return rows
 
 
