@@ -122,15 +122,19 @@ class ActivationCapture:
             if not self._batch:
                 return
             h = output[0] if isinstance(output, tuple) else output
+            values, places = [], []  # gathered on the model's device, copied to the host at once (one sync)
             for row, start, end, held, scoring, key in self._batch:
-                buffer = self.rows.get(key)
-                if buffer is None:
-                    buffer = self.rows[key] = np.empty((len(SITES), len(self.selection.layers), h.shape[-1]), np.float16)
+                if key not in self.rows:
+                    self.rows[key] = np.empty((len(SITES), len(self.selection.layers), h.shape[-1]), np.float16)
                 if held and end <= h.shape[1]:
-                    span = torch.stack([h[row, start:end].mean(0), h[row, end - 1]])
-                    buffer[1:, slot] = span.float().cpu().numpy()
+                    values += [h[row, start:end].mean(0), h[row, end - 1]]
+                    places += [(key, 1), (key, 2)]
                 if scoring:  # every prompt of a scoring pass ends at its last position
-                    buffer[0, slot] = h[row, -1].float().cpu().numpy()
+                    values.append(h[row, -1])
+                    places.append((key, 0))
+            if values:
+                for (key, site), value in zip(places, torch.stack(values).float().cpu().numpy()):
+                    self.rows[key][site, slot] = value
             return
 
         return hook
