@@ -26,7 +26,6 @@ from dropnoise import benchmark, engine, prompts, sentences, tasks  # noqa: E402
 from dropnoise.labels import load_aliases  # noqa: E402
 
 SEED = 0
-RULES = ("pred_primary", "pred_aggregate", "pred_argmax")
 
 
 def arguments():
@@ -76,18 +75,6 @@ def timed(device, function):
     return result, seconds, memory.peak
 
 
-def agreement(naive: list[dict], ours: list[dict]) -> tuple[int, float]:
-    """Rows whose three predictions differ, and the largest |logit difference| over the option logits."""
-    key = lambda r: (r["trial_id"], r["perturbation"], r["strength"])  # noqa: E731
-    theirs = {key(r): r for r in naive}
-    differ, gap = 0, 0.0
-    for row in ours:
-        other = theirs[key(row)]
-        differ += any(row[rule] != other[rule] for rule in RULES)
-        gap = max(gap, *(abs(row[c] - other[c]) for c in row if c.startswith("logit_") and c != "logit_diff"))
-    return differ, gap
-
-
 def main():
     args = arguments()
     torch.set_num_threads(args.threads)
@@ -132,12 +119,10 @@ def main():
               f"{reference.prompt_tokens / naive_seconds:9.0f} prompt tokens/s  peak memory "
               f"{naive_memory / 2**20:7.0f} MiB  ({naive_seconds:.1f} s; {naive_flops / naive_seconds / peak:.0%} of "
               f"the matmul throughput)")
-        differ, gap = agreement(naive, ours)
         ratios = sorted(n / e for n, e in zip(naive_times, engine_times))
         spread = f" (each timing: {', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""
-        print(f"  ratio engine/naive: {naive_seconds / seconds:.2f}x{spread}; predictions "
-              f"{'identical' if differ == 0 else f'DIFFER in {differ} of {len(ours)} rows'} "
-              f"(largest option-logit difference {gap:.2e})")
+        print(f"  ratio engine/naive: {naive_seconds / seconds:.2f}x{spread}; "
+              f"{benchmark.agreement(naive, ours).summary()}")
 
 
 if __name__ == "__main__":

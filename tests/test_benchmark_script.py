@@ -67,3 +67,31 @@ def test_gpu_mode_path_with_random_weights_of_a_paper_architecture(tmp_path, smo
     assert result.returncode == 0, result.stderr
     assert "small (random weights, 2 layers), float32 on cpu" in result.stdout, result.stdout
     assert "predictions identical" in result.stdout
+
+
+def _row(trial_id, a, b, argmax=None):
+    """A scored row with option logits a, b (summed probabilities follow them)."""
+    primary = "A" if a > b else "B"
+    return {"trial_id": trial_id, "perturbation": "dropout", "strength": 0.5, "logit_A": a, "logit_B": b,
+            "logit_diff": a - b, "sum_prob_A": a / 10, "sum_prob_B": b / 10, "pred_primary": primary,
+            "pred_aggregate": primary, "pred_argmax": argmax or primary}
+
+
+def test_agreement_tells_near_ties_from_real_disagreements():
+    from dropnoise.benchmark import agreement
+
+    reference = [_row(0, 2.0, 1.0), _row(1, 1.0, 3.0), _row(2, 1.004, 1.0), _row(3, 2.0, 1.0), _row(4, 2.0, 1.0)]
+    same = agreement(reference, [dict(r) for r in reversed(reference)])
+    assert same.differ == 0 and same.summary() == "predictions identical (largest option-logit difference 0.00e+00)"
+
+    ours = [_row(0, 2.01, 1.0), _row(1, 1.0, 3.0),
+             _row(2, 0.999, 1.0),  # margin 0.004 in the reference, the agreeing rows' margins move by up to 0.01
+             _row(3, 1.0, 2.0),  # margin 1.0: no rounding flips that
+             _row(4, 2.0, 1.0, argmax="OTHER")]
+    found = agreement(reference, ours)
+    assert found.differ == 3 and found.flips == {"primary": 2, "aggregate": 2, "argmax": 3}
+    assert found.within_rounding == {"primary": 1, "aggregate": 1}
+    assert found.largest_logit_gap == 1.0
+    assert found.summary() == ("predictions DIFFER in 3 of 5 rows: primary 2 (1 within rounding), aggregate 2 "
+                               "(1 within rounding), argmax 3 (no margin recorded); largest option-logit difference "
+                               "1.00e+00")

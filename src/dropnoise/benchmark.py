@@ -13,12 +13,14 @@ import json
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import engine, prompts, scoring
 from .perturb import SpanPerturber
+from .vocabulary import RULES
 
 
 def random_model(config_file: str | Path, device: str, dtype: torch.dtype, layers: int | None = None):
@@ -93,6 +95,58 @@ def reference_run(model, tokenizer, trials: list[dict], conditions: list[dict], 
                 work.prompt_tokens += len(ids)
                 work.computed_tokens += len(ids)
     return rows
+
+
+@dataclass
+class Agreement:
+    """Row-by-row agreement of the two ways' predictions. In bfloat16 the engine's batched, cached passes round
+    differently from batch-1 full recompute, so near-tied options can flip: a flip counts as within rounding when
+    the reference row's margin under that rule (its best minus second-best option logit, or summed probability) is
+    no larger than the largest change of a margin between the ways among the rows that agree."""
+
+    rows: int
+    differ: int
+    flips: dict[str, int]
+    within_rounding: dict[str, int]
+    largest_logit_gap: float
+
+    def summary(self) -> str:
+        gap = f"largest option-logit difference {self.largest_logit_gap:.2e}"
+        if not self.differ:
+            return f"predictions identical ({gap})"
+        rules = ", ".join(
+            f"{rule} {n}" + (f" ({self.within_rounding[rule]} within rounding)" if rule in self.within_rounding else
+                             " (no margin recorded)")
+            for rule, n in self.flips.items() if n)
+        return f"predictions DIFFER in {self.differ} of {self.rows} rows: {rules}; {gap}"
+
+
+def _margin(row: dict, prefix: str, letters: list[str]) -> float:
+    """Best minus second-best option value (logit_ or sum_prob_) of a row."""
+    values = sorted((row[prefix + letter] for letter in letters), reverse=True)
+    return values[0] - values[1]
+
+
+def agreement(reference: list[dict], ours: list[dict]) -> Agreement:
+    """Compare rows keyed by (trial_id, perturbation, strength) under the three rules (scoring.RULES)."""
+    key = lambda r: (r["trial_id"], r["perturbation"], r["strength"])  # noqa: E731
+    theirs = {key(r): r for r in reference}
+    pairs = [(theirs[key(row)], row) for row in ours]
+    letters = [c.removeprefix("logit_") for c in ours[0] if c.startswith("logit_") and c != "logit_diff"] if ours else []
+    kinds = {"primary": "logit_", "aggregate": "sum_prob_"}  # the rules whose margin the rows hold
+    flips = {rule: [(a, b) for a, b in pairs if a[f"pred_{rule}"] != b[f"pred_{rule}"]] for rule in RULES}
+    agree = [(a, b) for a, b in pairs if all(a[f"pred_{rule}"] == b[f"pred_{rule}"] for rule in RULES)]
+    within = {}
+    for rule, prefix in kinds.items():
+        tolerance = max((abs(_margin(a, prefix, letters) - _margin(b, prefix, letters)) for a, b in agree), default=0.0)
+        within[rule] = sum(_margin(a, prefix, letters) <= tolerance for a, _ in flips[rule])
+    return Agreement(
+        rows=len(pairs),
+        differ=sum(any(a[f"pred_{rule}"] != b[f"pred_{rule}"] for rule in RULES) for a, b in pairs),
+        flips={rule: len(rows) for rule, rows in flips.items()},
+        within_rounding=within,
+        largest_logit_gap=max((abs(a[f"logit_{x}"] - b[f"logit_{x}"]) for a, b in pairs for x in letters), default=0.0),
+    )
 
 
 def synchronize(device: torch.device) -> None:
