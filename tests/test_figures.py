@@ -60,7 +60,20 @@ def test_zero_shot_emphasises_canonical_aliases_and_dashes_controls():
     styles = {line.get_label(): (line.get_linestyle(), line.get_linewidth()) for line in ax.get_lines()}
     assert styles["dropout_noise"][0] == "-" and styles["x_y (placeholder)"][0] == "--"
     assert styles["dropout_noise"][1] > styles["x_y (placeholder)"][1]
-    assert list(ax.get_lines()[0].get_xdata()) == [0, 50, 100]  # strength percentiles
+    dodged = {line.get_label(): line.get_xdata() for line in ax.get_lines() if line.get_label() in styles}
+    assert np.allclose(dodged["x_y (placeholder)"], [-7.5, 42.5, 92.5])  # strength percentiles, dodged
+    assert np.allclose(dodged["dropout_noise"], [7.5, 57.5, 107.5])  # 0.3 of the grid spacing apart
+
+
+def test_zero_shot_keeps_curves_with_equal_accuracy_apart():
+    """A model at chance with few trials gives several aliases the same accuracies; no curve may hide another."""
+    rng = np.random.default_rng(3)
+    table = trials("zero_shot", rng, alias=["a", "b", "c"], perturbation=["dropout", "noise"], strength=[0.1, 0.2])
+    table[[f"correct_{r}" for r in RULES]] = True
+    fig = figures.zero_shot(summary.summarize(table, "zero_shot"), {}, ["a", "b", "c"])
+    lines = [line for line in fig.axes[0].get_lines() if line.get_label() in {"a", "b", "c"}]
+    assert len(lines) == 3 and all(list(line.get_ydata()) == [100, 100] for line in lines)
+    assert len({tuple(line.get_xdata()) for line in lines}) == 3
 
 
 def few_shot_summary(rng):
