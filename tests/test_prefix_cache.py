@@ -227,6 +227,8 @@ def test_auto_batch_size_follows_free_memory():
     assert 1 <= small < engine.AUTO_BATCH_CAP["cpu"]
     assert engine.auto_batch_size(model, 500, free=1) == 1
     assert engine.auto_batch_size(model, 500) >= 1  # this machine's own free memory
+    every_position = engine.auto_batch_size(model, 500, free=200_000_000, logit_positions=500)  # logits of all tokens
+    assert 1 <= every_position < engine.auto_batch_size(model, 500, free=200_000_000)
 
 
 def test_engine_agrees_with_the_reference_loop(shapes, smol_tokenizer):

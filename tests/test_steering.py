@@ -186,6 +186,8 @@ def test_guard_nll_does_not_depend_on_padding_and_rises_under_a_large_vector(smo
     together = steering.text_nll(model, smol_tokenizer, texts, 3)
     assert together[1] == sum(n for _, n in one)
     assert together[0] == pytest.approx(sum(nll for nll, _ in one), rel=1e-5)
+    auto = steering.text_nll(model, smol_tokenizer, texts, "auto")  # config.yaml's default batch size
+    assert auto[1] == together[1] and auto[0] == pytest.approx(together[0], rel=1e-5)
     vector = np.random.default_rng(0).normal(size=64)
     with steering.Steering(model, 0, vector, 50.0, positions="all"):
         steered = steering.text_nll(model, smol_tokenizer, texts, 3)

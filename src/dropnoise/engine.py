@@ -132,9 +132,10 @@ AUTO_BATCH_CAP = {"cpu": 16, "cuda": 256}
 
 
 def free_memory(device: torch.device) -> int:
-    """Bytes the next forward passes may use on the model's device."""
+    """Bytes the next forward passes may use on the model's device (on a GPU, what the driver has free plus what
+    PyTorch's allocator holds from earlier passes but no longer uses)."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     with open("/proc/meminfo") as meminfo:  # MemAvailable counts reclaimable page cache, unlike sysconf
         for line in meminfo:
             if line.startswith("MemAvailable:"):
@@ -142,9 +143,10 @@ def free_memory(device: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def auto_batch_size(model, max_tokens: int, free: int | None = None) -> int:
+def auto_batch_size(model, max_tokens: int, free: int | None = None, logit_positions: int = 1) -> int:
     """Rows per pass that fit in half the free memory: per row, the key/value cache of the longest prompt (twice:
-    the prefix and its repeated copy), one layer's activations (attention scores and MLP) and fp32 logits."""
+    the prefix and its repeated copy), one layer's activations (attention scores and MLP) and the logits at
+    `logit_positions` positions (in the model's dtype and two float32 copies)."""
     config = model.config.get_text_config(decoder=True)
     weight = model.get_input_embeddings().weight
     element = weight.element_size()
@@ -153,7 +155,8 @@ def auto_batch_size(model, max_tokens: int, free: int | None = None) -> int:
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     kv = 2 * config.num_hidden_layers * kv_heads * head_dim * element
     activations = (4 * config.hidden_size + 3 * config.intermediate_size) * element
-    per_row = max_tokens * (2 * kv + activations) + heads * max_tokens**2 * element + 2 * config.vocab_size * 4
+    logits = logit_positions * config.vocab_size * (element + 2 * 4)
+    per_row = max_tokens * (2 * kv + activations) + heads * max_tokens**2 * element + logits
     free = free_memory(weight.device) if free is None else free
     return max(1, min(AUTO_BATCH_CAP.get(weight.device.type, AUTO_BATCH_CAP["cuda"]), free // 2 // per_row))
 

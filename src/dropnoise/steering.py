@@ -177,10 +177,14 @@ class Steering:
         return False
 
 
-def text_nll(model, tokenizer, texts: list[str], batch_size: int) -> tuple[float, int]:
+def text_nll(model, tokenizer, texts: list[str], batch_size: int | str) -> tuple[float, int]:
     """Summed next-token negative log-likelihood (nats) and the number of predicted tokens over `texts`, each
-    tokenized alone with the tokenizer's default special tokens, left-padded into batches."""
+    tokenized alone with the tokenizer's default special tokens, left-padded into batches (batch_size "auto": from
+    free memory, with the logits of every position kept)."""
     encoded = [tokenizer(text)["input_ids"] for text in texts]
+    if batch_size == "auto":
+        longest = max(map(len, encoded), default=1)
+        batch_size = engine.auto_batch_size(model, longest, logit_positions=longest)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = model.get_input_embeddings().weight.device
     total, count = 0.0, 0
