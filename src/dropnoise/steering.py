@@ -138,6 +138,7 @@ class Steering:
             raise ValueError(f"layer {layer} is outside the model's {len(blocks)} layers")
         self._block = blocks[layer]
         self._delta = scale * torch.as_tensor(np.asarray(vector), dtype=torch.float32) if scale != 0 else None
+        self._placed: dict[tuple, torch.Tensor] = {}  # the vector per (device, dtype): one copy, not one per pass
         self._positions = positions
         self._handle = None
         self._armed = True
@@ -156,7 +157,9 @@ class Steering:
         if not self._armed:
             return None
         h = output[0] if isinstance(output, tuple) else output
-        delta = self._delta.to(device=h.device, dtype=h.dtype)
+        delta = self._placed.get((h.device, h.dtype))
+        if delta is None:
+            delta = self._placed[h.device, h.dtype] = self._delta.to(device=h.device, dtype=h.dtype)
         new = h.clone()
         if self._positions == "last":
             new[:, -1] += delta
