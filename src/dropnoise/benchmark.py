@@ -161,10 +161,10 @@ def matmul_flops(device: torch.device, dtype: torch.dtype, size: int, seconds: f
     torch.matmul(a, b)  # warm-up
     synchronize(device)
     count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    while time.perf_counter() - start < seconds:  # on a GPU the launches queue up; one wait at the end
         torch.matmul(a, b)
         count += 1
-        synchronize(device)
+    synchronize(device)
     return 2 * size**3 * count / (time.perf_counter() - start)
 
 
@@ -182,10 +182,12 @@ def forward_flops(model, work: engine.Work, head_positions: int) -> float:
 
 
 class PeakMemory:
-    """Peak memory of a block: allocated bytes on CUDA, resident set size (sampled every 5 ms) on CPU."""
+    """Peak memory of a block: on CUDA, allocated bytes summed over every visible GPU (a model split over two has
+    half its weights on each); on CPU, the resident set size sampled every 5 ms."""
 
     def __init__(self, device: torch.device):
         self.device, self.peak, self._stop = device, 0, threading.Event()
+        self._gpus = range(torch.cuda.device_count()) if device.type == "cuda" else ()
 
     @staticmethod
     def _rss() -> int:
@@ -198,7 +200,8 @@ class PeakMemory:
 
     def __enter__(self):
         if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+            for gpu in self._gpus:
+                torch.cuda.reset_peak_memory_stats(gpu)
         else:
             self.peak = self._rss()
             self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -207,7 +210,7 @@ class PeakMemory:
 
     def __exit__(self, *exc):
         if self.device.type == "cuda":
-            self.peak = torch.cuda.max_memory_allocated(self.device)
+            self.peak = sum(torch.cuda.max_memory_allocated(gpu) for gpu in self._gpus)
         else:
             self._stop.set()
             self._thread.join()
