@@ -61,6 +61,21 @@ def test_capture_reads_the_residual_stream_at_the_three_sites(trials, smol_token
             assert not np.allclose(noisy[1:], stored[1:])  # the span sites carry the perturbation
 
 
+def test_capture_averages_a_bf16_span_in_float32():
+    """A bf16 model's span mean is taken in float32 and stored as float16, not rounded to bf16 (8 bits of mantissa)
+    on the way."""
+    model = build_tiny("llama", n_layers=1)
+    recorder = capture.ActivationCapture(model, capture.Selection(frozenset([0]), {}, (0,)))
+    trial = {"trial_id": 0, "spans": [{"start": 2, "end": 10, "kind": "target"}]}
+    recorder.set_batch([(trial, None)], [0])
+    h = (torch.randn(1, 12, 64, generator=torch.Generator().manual_seed(0)) * 30).to(torch.bfloat16)
+    recorder._hook(0)(None, None, (h,))
+    stored = recorder.rows[(0, activations.CLEAN, 0.0)][:, 0]
+    expected = torch.stack([h[0, -1].float(), h[0, 2:10].float().mean(0), h[0, 9].float()]).numpy().astype(np.float16)
+    np.testing.assert_array_equal(stored, expected)
+    assert not np.array_equal(stored[1], h[0, 2:10].mean(0).float().numpy().astype(np.float16))
+
+
 def test_capture_does_not_depend_on_batching_or_prefix_reuse(trials, smol_tokenizer):
     model = build_tiny("qwen3", vocab_size=len(smol_tokenizer), n_layers=2)
     _, one = run(model, smol_tokenizer, trials, 1, everything(trials, 2), prefix_cache=False)

@@ -127,13 +127,13 @@ class ActivationCapture:
                 if key not in self.rows:
                     self.rows[key] = np.empty((len(SITES), len(self.selection.layers), h.shape[-1]), np.float16)
                 if held and end <= h.shape[1]:
-                    values += [h[row, start:end].mean(0), h[row, end - 1]]
+                    values += [h[row, start:end].float().mean(0), h[row, end - 1].float()]  # bf16: mean in float32
                     places += [(key, 1), (key, 2)]
                 if scoring:  # every prompt of a scoring pass ends at its last position
-                    values.append(h[row, -1])
+                    values.append(h[row, -1].float())
                     places.append((key, 0))
             if values:
-                for (key, site), value in zip(places, torch.stack(values).float().cpu().numpy()):
+                for (key, site), value in zip(places, torch.stack(values).cpu().numpy()):
                     self.rows[key][site, slot] = value
             return
 
