@@ -3,8 +3,9 @@ the benchmark scripts share.
 
 The reference is the authors' toolkit's loop: one trial and one condition per forward pass, batch 1, the whole
 prompt recomputed, logits at every position, its forward pass as the toolkit makes it (hooks registered for the
-pass, `torch.no_grad()`, `output_hidden_states=True`). Speed does not depend on the weights, so a paper architecture can be
-built with random weights straight on the device from its published dimensions (benchmarks/configs/*.json).
+pass, `torch.no_grad()`, `output_hidden_states=True`). Speed does not depend on the weights, so a paper
+architecture can be built with random weights straight on the device from its published dimensions
+(benchmarks/configs/*.json).
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ def agreement(reference: list[dict], ours: list[dict]) -> Agreement:
     key = lambda r: (r["trial_id"], r["perturbation"], r["strength"])  # noqa: E731
     theirs = {key(r): r for r in reference}
     pairs = [(theirs[key(row)], row) for row in ours]
-    letters = [c.removeprefix("logit_") for c in ours[0] if c.startswith("logit_") and c != "logit_diff"] if ours else []
+    columns = ours[0] if ours else {}
+    letters = [c.removeprefix("logit_") for c in columns if c.startswith("logit_") and c != "logit_diff"]
     kinds = {"primary": "logit_", "aggregate": "sum_prob_"}  # the rules whose margin the rows hold
     flips = {rule: [(a, b) for a, b in pairs if a[f"pred_{rule}"] != b[f"pred_{rule}"]] for rule in RULES}
     agree = [(a, b) for a, b in pairs if all(a[f"pred_{rule}"] == b[f"pred_{rule}"] for rule in RULES)]
@@ -142,7 +144,7 @@ def agreement(reference: list[dict], ours: list[dict]) -> Agreement:
         within[rule] = sum(_margin(a, prefix, letters) <= tolerance for a, _ in flips[rule])
     return Agreement(
         rows=len(pairs),
-        differ=sum(any(a[f"pred_{rule}"] != b[f"pred_{rule}"] for rule in RULES) for a, b in pairs),
+        differ=len(pairs) - len(agree),
         flips={rule: len(rows) for rule, rows in flips.items()},
         within_rounding=within,
         largest_logit_gap=max((abs(a[f"logit_{x}"] - b[f"logit_{x}"]) for a, b in pairs for x in letters), default=0.0),

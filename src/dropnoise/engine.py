@@ -135,7 +135,8 @@ def free_memory(device: torch.device) -> int:
     """Bytes the next forward passes may use on the model's device (on a GPU, what the driver has free plus what
     PyTorch's allocator holds from earlier passes but no longer uses)."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + unused
     with open("/proc/meminfo") as meminfo:  # MemAvailable counts reclaimable page cache, unlike sysconf
         for line in meminfo:
             if line.startswith("MemAvailable:"):
