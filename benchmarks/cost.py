@@ -75,25 +75,23 @@ def main():
         for n in buckets))
     print(f"\nGPU-hours at {args.peak_tflops:g} TFLOP/s x {args.utilisation:.0%} (assumed, not measured); "
           "FLOPs = 2 x weights x tokens")
-    print("| model | experiment | trials | forward passes | reference PFLOP | engine PFLOP as sharded | engine PFLOP, "
-          "a trial's conditions in one job | GPU-h reference | GPU-h engine as sharded | GPU-h engine, one job |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | experiment | shard_by | trials | forward passes | reference PFLOP | engine PFLOP, by conditions "
+          "| engine PFLOP, by trials | GPU-h reference | GPU-h engine, by conditions | GPU-h engine, by trials |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     totals = {}
     for model in config["run"]["models"]:
         matmul, head = parameters(model)
         for experiment, (prompt, suffix) in shape.items():
-            sharded = cost.passes(config, model, experiment)
-            together = cost.passes(config, model, experiment, one_job=True)
-            ref = cost.flops(sharded, prompt, suffix, matmul, head)["reference"]
-            ours = cost.flops(sharded, prompt, suffix, matmul, head)["engine"]
-            best = cost.flops(together, prompt, suffix, matmul, head)["engine"]
-            row = [ref, ours, best]
-            totals[model] = [a + b for a, b in zip(totals.get(model, [0, 0, 0, 0]), [sharded["passes"], *row])]
-            print(f"| {model} | {experiment} | {sharded['trials']:,} | {sharded['passes']:,} | "
-                  + " | ".join(f"{f / 1e15:,.0f}" for f in row) + " | "
+            counts = {by: cost.passes(config, model, experiment, by) for by in ("conditions", "trials")}
+            row = [cost.flops(counts["conditions"], prompt, suffix, matmul, head)["reference"],
+                   *(cost.flops(counts[by], prompt, suffix, matmul, head)["engine"] for by in counts)]
+            passes = counts["trials"]
+            totals[model] = [a + b for a, b in zip(totals.get(model, [0, 0, 0, 0]), [passes["passes"], *row])]
+            print(f"| {model} | {experiment} | {dnconfig.shard_by(config, model, experiment)} | {passes['trials']:,} | "
+                  f"{passes['passes']:,} | " + " | ".join(f"{f / 1e15:,.0f}" for f in row) + " | "
                   + " | ".join(f"{f / rate / 3600:,.1f}" for f in row) + " |")
     for model, (count, *row) in totals.items():
-        print(f"| **{model}** | all | | {count:,} | " + " | ".join(f"{f / 1e15:,.0f}" for f in row) + " | "
+        print(f"| **{model}** | all | | | {count:,} | " + " | ".join(f"{f / 1e15:,.0f}" for f in row) + " | "
               + " | ".join(f"{f / rate / 3600:,.1f}" for f in row) + " |")
 
 

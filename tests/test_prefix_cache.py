@@ -245,3 +245,26 @@ def test_engine_agrees_with_the_reference_loop(shapes, smol_tokenizer):
     for column in ("logit_A", "logit_B", "entropy"):
         assert merged[column].to_numpy() == pytest.approx(merged[f"{column}_ref"].to_numpy(), abs=1e-4, rel=1e-4)
     assert (merged.pred_argmax == merged.pred_argmax_ref).all()
+
+
+def test_sharding_by_trials_or_by_conditions_gives_the_same_rows(shapes, smol_tokenizer):
+    """The DAG splits an experiment into jobs by conditions or by base trials: the rows are those of one job
+    either way, and a job that holds all of a trial's conditions computes its prefix once for all of them."""
+    trials, conditions = shapes["few_shot"]
+    model = build_tiny("llama", vocab_size=len(smol_tokenizer), n_layers=3)
+    keys = ["trial_id", "dropout_strength", "noise_strength"]
+
+    def jobs(parts):
+        frames, work = zip(*(run(model, smol_tokenizer, t, c, prefix_cache=True) for t, c in parts))
+        return pd.concat(frames).sort_values(keys, ignore_index=True), sum(w.computed_tokens for w in work)
+
+    one, one_tokens = jobs([(trials, conditions)])
+    by_trials, trial_tokens = jobs([(tasks.shard_trials(trials, i, 2), conditions) for i in range(2)])
+    by_conditions, condition_tokens = jobs([(trials, tasks.shard(conditions, i, 2)) for i in range(2)])
+    assert len(one) == len(by_trials) == len(by_conditions) == len(trials) * len(conditions)
+    for column in SCORES:
+        for sharded in (by_trials, by_conditions):
+            assert sharded[column].to_numpy() == pytest.approx(one[column].to_numpy(), abs=1e-4, rel=1e-4), column
+    for column in PREDICTIONS:
+        assert (by_trials[column] == one[column]).all() and (by_conditions[column] == one[column]).all()
+    assert trial_tokens < condition_tokens  # each trial's prefix ran in one job, not in both

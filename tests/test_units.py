@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pandas as pd
@@ -11,6 +12,7 @@ import torch
 from conftest import ROOT, build_tiny
 from dropnoise import config as dnconfig
 from dropnoise import engine, models, outputs, prompts, sentences, tasks
+from dropnoise.labels import load_aliases
 
 
 def test_paper_grids_have_the_papers_sizes(paper_config):
@@ -21,11 +23,50 @@ def test_paper_grids_have_the_papers_sizes(paper_config):
 
 
 def test_shards_partition_the_conditions(paper_config):
-    every = tasks.conditions(dnconfig.grid(paper_config, "olmo32b", "localization"))
-    count = dnconfig.shard_count(paper_config, "olmo32b", "localization")
-    parts = [dnconfig.shard_conditions(paper_config, "olmo32b", "localization", i) for i in range(count)]
+    config = copy.deepcopy(paper_config)
+    config["experiments"]["localization"]["shard_by"] = "conditions"
+    every = tasks.conditions(dnconfig.grid(config, "olmo32b", "localization"))
+    count = dnconfig.shard_count(config, "olmo32b", "localization")
+    parts = [dnconfig.shard_conditions(config, "olmo32b", "localization", i) for i in range(count)]
     assert sorted(map(repr, sum(parts, []))) == sorted(map(repr, every))
-    assert all(parts)
+    assert all(parts) and count == 8
+    assert dnconfig.shard_trial_split(config, "olmo32b", "localization", 3) is None
+
+
+def test_shards_by_trials_split_the_base_trials_with_all_their_renderings(paper_config, smol_tokenizer):
+    every = dnconfig.experiment_conditions(paper_config, "qwen32b", "few_shot")
+    count = dnconfig.shard_count(paper_config, "qwen32b", "few_shot")
+    assert count == 121 and len(every) == 121  # as many jobs as cells, but each runs every cell
+    assert dnconfig.shard_conditions(paper_config, "qwen32b", "few_shot", 7) == every
+    assert dnconfig.shard_trial_split(paper_config, "qwen32b", "few_shot", 7) == [7, 121]
+    grammar = sentences.Grammar(ROOT / "data/synthetic_grammar.yaml")
+    pool = sentences.bucket(grammar.sentences(seed=1), smol_tokenizer, [15], 10, 50_000)
+    template = prompts.load_template(ROOT / "data/prompts/few_shot.yaml", tasks.PLACEHOLDERS["few_shot"])
+    settings = {"bucket": 15, "k": [1, 2], "label_conditions": ["correct", "swapped"], "aliases": ["none", "x_y"],
+                "samples_per_condition": 3}
+    trials = tasks.few_shot_trials(smol_tokenizer, template, pool, load_aliases(ROOT / "data/aliases.yaml"), settings, 0)
+    parts = [tasks.shard_trials(trials, i, 4) for i in range(4)]
+    assert sorted(t["trial_id"] for part in parts for t in part) == [t["trial_id"] for t in trials]
+    bases = [{t["base_id"] for t in part} for part in parts]
+    assert all(bases) and not set.intersection(*bases)
+    for part in parts:  # a base trial's 4 renderings stay together; both k in the first shards (round-robin)
+        assert all(sum(t["base_id"] == b for t in part) == 4 for b in {t["base_id"] for t in part})
+    assert {t["k"] for t in parts[0]} == {1, 2}
+
+
+@pytest.mark.parametrize("where,value,message", [
+    ("experiment", {"shards": 1001}, r"experiments.few_shot.shards: 1001 shards by trials for model llama8b, more "
+                                     r"than its 1000 samples_per_condition"),
+    ("model", {"shard_by": "bases"}, r"models.llama8b.settings.few_shot.shard_by: 'bases' is neither"),
+])
+def test_bad_sharding_fails_the_config_check(paper_config, where, value, message):
+    config = copy.deepcopy(paper_config)
+    if where == "experiment":
+        config["experiments"]["few_shot"].update(value)
+    else:
+        config["models"]["llama8b"].setdefault("settings", {})["few_shot"] = value
+    with pytest.raises(dnconfig.ConfigError, match=message):
+        dnconfig.check(config, root=ROOT)
 
 
 def test_synthetic_sentences_fill_buckets_with_exact_token_counts(smol_tokenizer):
@@ -202,3 +243,15 @@ def test_renderings_of_one_base_trial_share_their_draws():
     b = engine.trial_perturbation(other, {"dropout": 0.3, "noise": 1.0}, seed=5)
     assert a.seed == b.seed and len(a.spans) == len(b.spans) == 2  # the test span keeps draw index 1
     assert a.spans[0].is_noop and not b.spans[0].is_noop
+
+
+def test_cost_counts_a_trials_prefix_once_per_job(paper_config):
+    from dropnoise import cost
+
+    by_conditions = cost.passes(paper_config, "llama8b", "few_shot", "conditions")
+    by_trials = cost.passes(paper_config, "llama8b", "few_shot")  # config.yaml shards few-shot by trials
+    assert by_trials == cost.passes(paper_config, "llama8b", "few_shot", "trials")
+    trials = 5 * 2 * 8 * 1000  # k x label conditions x aliases x samples
+    assert by_conditions["trials"] == by_trials["trials"] == trials
+    assert by_conditions["passes"] == by_trials["passes"] == trials * 121  # the same rows either way
+    assert by_trials["prefix_runs"] == trials and by_conditions["prefix_runs"] == trials * 121

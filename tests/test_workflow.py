@@ -142,6 +142,10 @@ def test_tiny_preset_end_to_end(tmp_path):
         assert (counts == loc["samples_per_condition"]).all()
         # buckets count the sentence alone (as the paper's files do); in the prompt its first word gains a space
         assert ((trials.n_perturbed_tokens - trials.sentence_tokens).abs() <= 3).all()
+        # sharded by trials (config.yaml): each job ran its own trials under all 6 conditions
+        shards = [pd.read_csv(work / f"results/{model}/shards/localization/{i}.csv") for i in range(loc["shards"])]
+        assert all(shard.groupby("trial_id").size().eq(6).all() for shard in shards)
+        assert sum(shard.trial_id.nunique() for shard in shards) == trials.trial_id.nunique()
 
         control = pd.read_csv(work / f"results/{model}/localization_control.csv")
         pairs = control.groupby(["perturbation", "strength", "topic_pair"]).size()

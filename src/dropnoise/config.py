@@ -52,6 +52,13 @@ def check(config: dict, root: str | Path = ".") -> None:
     for name, section in config["experiments"].items():
         if not (root / section["template"]).exists():
             problems.append(f"experiments.{name}.template: file '{section['template']}' does not exist")
+        for key in models:
+            own, by = settings(config, key, name), shard_by(config, key, name)
+            if by not in ("conditions", "trials"):
+                problems.append(f"models.{key}.settings.{name}.shard_by: '{by}' is neither 'conditions' nor 'trials'")
+            elif by == "trials" and own["shards"] > own["samples_per_condition"]:  # each shard needs a base trial
+                problems.append(f"experiments.{name}.shards: {own['shards']} shards by trials for model {key}, more "
+                                f"than its {own['samples_per_condition']} samples_per_condition")
     for where, grid in _grids(config):
         for kind in PERTURBATIONS:
             values = expand_grid(grid.get(kind, []))
@@ -197,14 +204,34 @@ def resolve_indices(conditions_: list[dict], strengths: dict) -> list[dict]:
     return [{kind: strengths[kind][index] for kind, index in c.items()} for c in conditions_]
 
 
-def shard_count(config: dict, model: str, experiment: str) -> int:
-    """Configured shards (a model's settings may replace them), never more than there are conditions."""
-    return min(settings(config, model, experiment)["shards"], len(experiment_conditions(config, model, experiment)))
+def shard_by(config: dict, model: str, experiment: str) -> str:
+    """"conditions": each job runs all trials under some conditions (one run per condition, as the toolkit);
+    "trials": each job runs some base trials under every condition, so the engine reuses a trial's unperturbed
+    prefix across all of them. The rows are the same either way."""
+    return settings(config, model, experiment).get("shard_by", "conditions")
 
 
-def shard_conditions(config: dict, model: str, experiment: str, index: int) -> list[dict]:
+def shard_count(config: dict, model: str, experiment: str, by: str | None = None) -> int:
+    """Configured shards (a model's settings may replace them); by conditions, never more than there are
+    conditions (by trials, `check` keeps them within the base trials). by: the configured shard_by, or this one."""
+    shards = settings(config, model, experiment)["shards"]
+    if (by or shard_by(config, model, experiment)) == "trials":
+        return shards
+    return min(shards, len(experiment_conditions(config, model, experiment)))
+
+
+def shard_conditions(config: dict, model: str, experiment: str, index: int, by: str | None = None) -> list[dict]:
     every = experiment_conditions(config, model, experiment)
-    return shard(every, index, shard_count(config, model, experiment))
+    if (by or shard_by(config, model, experiment)) == "trials":
+        return every
+    return shard(every, index, shard_count(config, model, experiment, by))
+
+
+def shard_trial_split(config: dict, model: str, experiment: str, index: int) -> list[int] | None:
+    """[index, count] for tasks.shard_trials when the experiment is sharded by trials, else None (every trial)."""
+    if shard_by(config, model, experiment) == "trials":
+        return [index, shard_count(config, model, experiment)]
+    return None
 
 
 def sentence_buckets(config: dict) -> list[int]:

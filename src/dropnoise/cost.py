@@ -35,18 +35,18 @@ def _is_clean(condition: dict) -> bool:
     return all(value == 0 for key, value in condition.items() if key != "target")
 
 
-def passes(config: dict, model: str, experiment: str, one_job: bool = False) -> dict[str, int]:
+def passes(config: dict, model: str, experiment: str, shard_by: str | None = None) -> dict[str, int]:
     """trials; passes (one per trial and condition, the reference's count); distinct rows the engine computes
     (a job's no-op conditions once per trial); prefix runs (once per trial and job). Zero-/few-shot conditions are
-    grid indices here; an index is clean only in a configured grid with a 0. one_job: as if every condition of a
-    trial ran in one job (what sharding by trials instead of conditions would give)."""
+    grid indices here; an index is clean only in a configured grid with a 0. shard_by: "conditions" or "trials"
+    (each trial meets all its conditions in one job) in place of the configured one."""
     classes = trial_classes(config, model, experiment)
     grid = dnconfig.strength_grid(config, model)
     strengths = None if grid == "auto" else {k: tasks.expand_grid(grid.get(k, [])) for k in ("dropout", "noise")}
     out = {"trials": sum(classes.values()), "passes": 0, "rows": 0, "prefix_runs": 0}
-    shards = [dnconfig.shard_conditions(config, model, experiment, i)
-              for i in range(dnconfig.shard_count(config, model, experiment))]
-    for shard in [sum(shards, [])] if one_job else shards:
+    by = shard_by or dnconfig.shard_by(config, model, experiment)
+    jobs = 1 if by == "trials" else dnconfig.shard_count(config, model, experiment, by)  # that one: all trials
+    for shard in (dnconfig.shard_conditions(config, model, experiment, i, by) for i in range(jobs)):
         known = experiment not in dnconfig.GRID_EXPERIMENTS or strengths is not None  # auto: indices only
         if experiment in dnconfig.GRID_EXPERIMENTS and known:
             shard = dnconfig.resolve_indices(shard, strengths)

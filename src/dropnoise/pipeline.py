@@ -161,8 +161,10 @@ def _load_model(model_key: str, model_dir: str, config: dict, threads: int | Non
 
 def run_shard(model_key: str, model_dir: str, prompt_file: str, experiment: str, conditions: list[dict],
               config: dict, out: str, threads: int | None = None, grid_file: str | None = None,
-              capture_file: str | None = None) -> None:
-    """Run one shard; with `capture_file`, also save the residual stream of the rows `probes:` selects."""
+              capture_file: str | None = None, trial_split: list[int] | None = None) -> None:
+    """Run one shard: its conditions on its trials (`trial_split` = [index, count] of a shard by trials, None for
+    every trial); with `capture_file`, also save the residual stream of the rows `probes:` selects (the selection
+    is drawn from the whole prompt set, as in a shard by conditions)."""
     hub_offline()
     from . import capture, engine, models
 
@@ -176,13 +178,17 @@ def run_shard(model_key: str, model_dir: str, prompt_file: str, experiment: str,
     template = load_template(dnconfig.settings(config, model_key, experiment)["template"], tasks.PLACEHOLDERS[experiment])
     model, tokenizer = _load_model(model_key, model_dir, config, threads)
     perturbation = config["perturbation"]
-    log.info("%s/%s: %d trials x %d conditions", model_key, experiment, len(trials), len(conditions))
     recorder = None
     if capture_file is not None:
         selection = capture.select(config["probes"], config["seed"], experiment, trials,
                                    {kind: strengths[kind] for kind in PERTURBATIONS}, len(models.decoder_layers(model)))
         recorder = capture.ActivationCapture(model, selection)
-        log.info("capturing %d trials at layers %s", len(selection.trial_ids), list(selection.layers))
+    if trial_split is not None:
+        trials = tasks.shard_trials(trials, *trial_split)
+    log.info("%s/%s: %d trials x %d conditions", model_key, experiment, len(trials), len(conditions))
+    if recorder is not None:
+        captured = {t["trial_id"] for t in trials} & set(recorder.selection.trial_ids)
+        log.info("capturing %d trials at layers %s", len(captured), list(recorder.selection.layers))
     rows = engine.run(
         model,
         tokenizer,
@@ -210,7 +216,9 @@ def aggregate(shard_files: list[str], model_key: str, model_dir: str, experiment
     from . import models
 
     frame = pd.concat([pd.read_csv(f, keep_default_na=False) for f in shard_files], ignore_index=True)
-    frame = frame.sort_values(["perturbation", "strength", "trial_id"], kind="stable")
+    # one order however the shards split the work (few-shot grid cells also differ in the other strength)
+    keys = ["perturbation", "strength", "dropout_strength", "noise_strength", "trial_id"]
+    frame = frame.sort_values([k for k in keys if k in frame], kind="stable")
     outputs.write_csv(frame, out_csv)
     marker = models.read_marker(model_dir)
     relevant = {

@@ -61,6 +61,15 @@ def shard(items: list, index: int, count: int) -> list:
     return items[index::count]
 
 
+def shard_trials(trials: list[dict], index: int, count: int) -> list[dict]:
+    """The trials of one shard when an experiment is sharded by trials: base trials round-robin in their order in
+    the prompt set (so every shard gets every sentence length and k alike), each with all its renderings (aliases,
+    label conditions), which share their perturbed stem in the engine."""
+    bases = shard(list(dict.fromkeys(t["base_id"] for t in trials)), index, count)
+    mine = set(bases)
+    return [t for t in trials if t["base_id"] in mine]
+
+
 def _locate(tokenizer, text: str, letters, sentences: dict[str, str]) -> tuple[dict[str, tuple[int, int]], int]:
     """Token span of each lettered sentence, searched after its "Sentence X: " anchor; and the prompt length."""
     ids, offsets = prompts.tokenize(tokenizer, text)

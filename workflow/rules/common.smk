@@ -246,6 +246,10 @@ def shard_conditions(wildcards):
     return dnconfig.shard_conditions(config, wildcards.model, wildcards.experiment, int(wildcards.shard))
 
 
+def shard_trial_split(wildcards):
+    return dnconfig.shard_trial_split(config, wildcards.model, wildcards.experiment, int(wildcards.shard))
+
+
 def model_gpus(wildcards):
     return config["models"][wildcards.model].get("gpus", 0)
 

@@ -9,6 +9,7 @@ rule perturbed_inference:
         "../../envs/inference.yaml",
     params:
         conditions=shard_conditions,
+        trials=shard_trial_split,
         perturbation=config["perturbation"],
         inference=inference_settings,
     threads: 4

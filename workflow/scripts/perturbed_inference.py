@@ -12,4 +12,5 @@ pipeline.run_shard(
     threads=snakemake.threads,
     grid_file=snakemake.input.get("grid"),
     capture_file=snakemake.output.get("activations"),
+    trial_split=snakemake.params.trials,
 )
