@@ -55,9 +55,11 @@ def test_shards_by_trials_split_the_base_trials_with_all_their_renderings(paper_
 
 
 @pytest.mark.parametrize("where,value,message", [
-    ("experiment", {"shards": 1001}, r"experiments.few_shot.shards: 1001 shards by trials for model llama8b, more "
-                                     r"than its 1000 samples_per_condition"),
+    ("experiment", {"shards": 1001}, r"experiments.few_shot.shards: 1001 shards by trials but only 1000 "
+                                     r"samples_per_condition \(lower shards, or set shard_by: conditions\)"),
     ("model", {"shard_by": "bases"}, r"models.llama8b.settings.few_shot.shard_by: 'bases' is neither"),
+    ("model", {"samples_per_condition": 100}, r"models.llama8b.settings.few_shot.shards: 121 shards by trials but "
+                                              r"only 100 samples_per_condition"),
 ])
 def test_bad_sharding_fails_the_config_check(paper_config, where, value, message):
     config = copy.deepcopy(paper_config)

@@ -52,13 +52,11 @@ def check(config: dict, root: str | Path = ".") -> None:
     for name, section in config["experiments"].items():
         if not (root / section["template"]).exists():
             problems.append(f"experiments.{name}.template: file '{section['template']}' does not exist")
-        for key in models:
-            own, by = settings(config, key, name), shard_by(config, key, name)
-            if by not in ("conditions", "trials"):
-                problems.append(f"models.{key}.settings.{name}.shard_by: '{by}' is neither 'conditions' nor 'trials'")
-            elif by == "trials" and own["shards"] > own["samples_per_condition"]:  # each shard needs a base trial
-                problems.append(f"experiments.{name}.shards: {own['shards']} shards by trials for model {key}, more "
-                                f"than its {own['samples_per_condition']} samples_per_condition")
+        problems += _sharding_problems(f"experiments.{name}", section)
+    for key, entry in models.items():  # a model's own settings may change shards, samples or shard_by
+        for name, own in entry.get("settings", {}).items():
+            if name in config["experiments"] and {"shards", "samples_per_condition", "shard_by"} & set(own):
+                problems += _sharding_problems(f"models.{key}.settings.{name}", settings(config, key, name))
     for where, grid in _grids(config):
         for kind in PERTURBATIONS:
             values = expand_grid(grid.get(kind, []))
@@ -103,6 +101,17 @@ def check(config: dict, root: str | Path = ".") -> None:
         problems.append(f"density.corpus.path: file '{corpus['path']}' does not exist")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def _sharding_problems(where: str, section: dict) -> list[str]:
+    """Sharded by trials, every shard needs a base trial: each experiment has at least samples_per_condition."""
+    by = section.get("shard_by", "conditions")
+    if by not in ("conditions", "trials"):
+        return [f"{where}.shard_by: '{by}' is neither 'conditions' nor 'trials'"]
+    if by == "trials" and section["shards"] > section["samples_per_condition"]:
+        return [f"{where}.shards: {section['shards']} shards by trials but only {section['samples_per_condition']} "
+                "samples_per_condition (lower shards, or set shard_by: conditions)"]
+    return []
 
 
 def _steering_problems(config: dict, aliases) -> list[str]:
