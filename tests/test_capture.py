@@ -160,3 +160,28 @@ def test_shard_files_round_trip_and_keep_a_clean_row_once(trials, smol_tokenizer
     assert set(keys["trial_id"]) == subset.trial_ids
     for site in activations.SITES:
         assert sites[site].shape == (6, 3, 64) and sites[site].dtype == np.float32
+
+
+def test_loaded_rows_do_not_depend_on_how_the_shards_split_them(trials, smol_tokenizer, tmp_path):
+    """Shards by trials and by conditions hold the same rows in other files; the probes' seeded shuffles see one
+    order either way."""
+    model = build_tiny("llama", vocab_size=len(smol_tokenizer), n_layers=2)
+    every = capture.Selection(frozenset(t["trial_id"] for t in trials),
+                              {"dropout": frozenset([0.5]), "noise": frozenset([4.0])}, capture.layer_indices(2, 1))
+    halves = {"by_trials": [trials[::2], trials[1::2]], "by_conditions": [trials, trials]}
+    loaded = {}
+    for way, parts in halves.items():
+        files = []
+        for i, part in enumerate(parts):
+            conditions = CONDITIONS if way == "by_trials" else CONDITIONS[i::2]
+            recorder = capture.ActivationCapture(model, every)
+            engine.run(model, smol_tokenizer, part, conditions, ("A", "B"), seed=1, batch_size=3, progress=False,
+                       capture=recorder)
+            files.append(tmp_path / f"{way}{i}.activations.npz")
+            recorder.save(files[-1])
+        loaded[way] = activations.load(files)
+    (a_sites, a_keys), (b_sites, b_keys) = loaded["by_trials"], loaded["by_conditions"]
+    for name in ("trial_id", "perturbation", "strength"):
+        assert list(a_keys[name]) == list(b_keys[name])
+    for site in activations.SITES:
+        np.testing.assert_allclose(a_sites[site], b_sites[site], atol=2e-3)

@@ -48,7 +48,7 @@ def test_shards_by_trials_split_the_base_trials_with_all_their_renderings(paper_
     parts = [tasks.shard_trials(trials, i, 4) for i in range(4)]
     assert sorted(t["trial_id"] for part in parts for t in part) == [t["trial_id"] for t in trials]
     bases = [{t["base_id"] for t in part} for part in parts]
-    assert all(bases) and not set.intersection(*bases)
+    assert all(bases) and sum(map(len, bases)) == len(set().union(*bases))  # pairwise disjoint
     for part in parts:  # a base trial's 4 renderings stay together; both k in the first shards (round-robin)
         assert all(sum(t["base_id"] == b for t in part) == 4 for b in {t["base_id"] for t in part})
     assert {t["k"] for t in parts[0]} == {1, 2}
@@ -245,6 +245,19 @@ def test_renderings_of_one_base_trial_share_their_draws():
     b = engine.trial_perturbation(other, {"dropout": 0.3, "noise": 1.0}, seed=5)
     assert a.seed == b.seed and len(a.spans) == len(b.spans) == 2  # the test span keeps draw index 1
     assert a.spans[0].is_noop and not b.spans[0].is_noop
+
+
+def test_checkpoint_sharding_problems_name_the_dynamics_settings_once(paper_config):
+    from dropnoise import checkpoints
+
+    config = copy.deepcopy(paper_config)
+    config["dynamics"]["localization"]["shards"] = 200  # every checkpoint inherits shard_by: trials
+    config["models"] = checkpoints.expand(config)
+    assert sum("checkpoint_of" in entry for entry in config["models"].values()) > 1
+    with pytest.raises(dnconfig.ConfigError) as err:
+        dnconfig.check(config, root=ROOT)
+    assert str(err.value).count("dynamics.localization.shards: 200 shards by trials but only 100") == 1
+    assert "step" not in str(err.value)
 
 
 def test_cost_counts_a_trials_prefix_once_per_job(paper_config):

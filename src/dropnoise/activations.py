@@ -35,16 +35,16 @@ def write(path: str | Path, rows: dict[tuple[int, str, float], np.ndarray], laye
 
 def load(paths: list[str | Path]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Concatenate shard files: (site -> [rows, layers, hidden] float32, key columns); a clean row computed in
-    several shards is kept once."""
+    several shards is kept once. Rows come in `write`'s order, however the shards split the work, so that the
+    seeded shuffles of the probes, MI and steering controls do not depend on it."""
     parts = [np.load(p) for p in paths]
     keys = {name: np.concatenate([p[name] for p in parts]) for name in ("trial_id", "perturbation", "strength")}
     layers = parts[0]["layers"]
     if any(not np.array_equal(p["layers"], layers) for p in parts):
         raise ValueError("activation shards were captured at different layers; rerun the capture")
-    seen, keep = set(), []
+    first: dict[tuple, int] = {}
     for i, key in enumerate(zip(keys["trial_id"], keys["perturbation"], keys["strength"])):
-        if key not in seen:
-            seen.add(key)
-            keep.append(i)
+        first.setdefault(key, i)
+    keep = [first[key] for key in sorted(first, key=lambda k: (k[1], k[2], k[0]))]
     sites = {site: np.concatenate([p[site] for p in parts if p[site].size])[keep].astype(np.float32) for site in SITES}
     return sites, {**{name: values[keep] for name, values in keys.items()}, "layers": layers}

@@ -39,7 +39,8 @@ class Selection:
 
 
 def sample_trials(trial_ids: list[int], count: int | None, seed: int, experiment: str) -> frozenset[int]:
-    """The same seeded sample in every shard of an experiment (shards split conditions, not trials)."""
+    """The same seeded sample in every shard of an experiment, drawn from the whole prompt set (a shard by trials
+    captures the sampled trials it holds)."""
     if count is None or count >= len(trial_ids):
         return frozenset(trial_ids)
     return frozenset(random.Random(derive_seed(seed, "capture", experiment)).sample(sorted(trial_ids), count))

@@ -17,6 +17,9 @@ from .tasks import EXPERIMENTS, conditions, expand_grid, shard
 GRID_EXPERIMENTS = ("zero_shot", "few_shot")
 
 
+SHARD_BY = ("conditions", "trials")  # what an experiment's shards split; the first is the default
+
+
 class ConfigError(ValueError):
     """A configuration error; the message names the key and says what is wrong."""
 
@@ -56,7 +59,8 @@ def check(config: dict, root: str | Path = ".") -> None:
     for key, entry in models.items():  # a model's own settings may change shards, samples or shard_by
         for name, own in entry.get("settings", {}).items():
             if name in config["experiments"] and {"shards", "samples_per_condition", "shard_by"} & set(own):
-                problems += _sharding_problems(f"models.{key}.settings.{name}", settings(config, key, name))
+                where = "dynamics.localization" if "checkpoint_of" in entry else f"models.{key}.settings.{name}"
+                problems += _sharding_problems(where, settings(config, key, name))
     for where, grid in _grids(config):
         for kind in PERTURBATIONS:
             values = expand_grid(grid.get(kind, []))
@@ -99,14 +103,14 @@ def check(config: dict, root: str | Path = ".") -> None:
     corpus = config["density"]["corpus"]
     if config["density"]["enabled"] and corpus["source"] == "file" and not (root / corpus["path"]).exists():
         problems.append(f"density.corpus.path: file '{corpus['path']}' does not exist")
-    if problems:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    if problems:  # once each (every checkpoint of a series shares its dynamics settings)
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(dict.fromkeys(problems)))
 
 
 def _sharding_problems(where: str, section: dict) -> list[str]:
     """Sharded by trials, every shard needs a base trial: each experiment has at least samples_per_condition."""
-    by = section.get("shard_by", "conditions")
-    if by not in ("conditions", "trials"):
+    by = section.get("shard_by", SHARD_BY[0])
+    if by not in SHARD_BY:
         return [f"{where}.shard_by: '{by}' is neither 'conditions' nor 'trials'"]
     if by == "trials" and section["shards"] > section["samples_per_condition"]:
         return [f"{where}.shards: {section['shards']} shards by trials but only {section['samples_per_condition']} "
@@ -216,8 +220,9 @@ def resolve_indices(conditions_: list[dict], strengths: dict) -> list[dict]:
 def shard_by(config: dict, model: str, experiment: str) -> str:
     """"conditions": each job runs all trials under some conditions (one run per condition, as the toolkit);
     "trials": each job runs some base trials under every condition, so the engine reuses a trial's unperturbed
-    prefix across all of them. The rows are the same either way."""
-    return settings(config, model, experiment).get("shard_by", "conditions")
+    prefix across all of them. The rows are the same either way (scores up to float rounding, which batch
+    composition never changes beyond)."""
+    return settings(config, model, experiment).get("shard_by", SHARD_BY[0])
 
 
 def shard_count(config: dict, model: str, experiment: str, by: str | None = None) -> int:

@@ -8,8 +8,8 @@ Prefix reuse: every token before a trial's first perturbable span is the same un
 of trials runs that prefix once, keeps its key/value cache, and then runs only the suffixes, one row per distinct
 condition (the no-op conditions share one clean row), with the cache rows repeated along the batch. Trials are
 ordered by their prefix tokens, so the trials of one template variant fall into the same groups, and the tokens a
-group's prefixes share run once for the whole group (one shard often runs each trial under a single condition,
-where this is the only reuse there is).
+group's prefixes share run once for the whole group (a shard by conditions often runs each trial under a single
+condition, where this is the only reuse there is).
 
 Stem reuse: the renderings of one base trial (its aliases, label conditions) get the same draws (common random
 numbers) and agree token for token up to the first place their texts differ (the option line of a zero-shot

@@ -184,7 +184,9 @@ def inference_settings(wildcards):
 
 
 def experiment_settings(wildcards):
-    return dnconfig.settings(config, wildcards.model, wildcards.experiment)
+    """What the prompt set depends on: the experiment's settings less how its jobs split the work."""
+    settings = dnconfig.settings(config, wildcards.model, wildcards.experiment)
+    return {key: value for key, value in settings.items() if key not in ("shards", "shard_by")}
 
 
 def model_folder(wildcards):
