@@ -187,7 +187,7 @@ def run_shard(model_key: str, model_dir: str, prompt_file: str, experiment: str,
         trials = tasks.shard_trials(trials, *trial_split)
     log.info("%s/%s: %d trials x %d conditions", model_key, experiment, len(trials), len(conditions))
     if recorder is not None:
-        captured = {t["trial_id"] for t in trials} & set(recorder.selection.trial_ids)
+        captured = recorder.selection.trial_ids & {t["trial_id"] for t in trials}
         log.info("capturing %d trials at layers %s", len(captured), list(recorder.selection.layers))
     rows = engine.run(
         model,
