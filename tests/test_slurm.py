@@ -1,5 +1,5 @@
 """SLURM execution: the cluster profile's GPU requests as sbatch options (no cluster needed), and the tiny preset run
-through a real one-node SLURM cluster on localhost, giving the same tables as a local run.
+through a real one-node SLURM cluster on localhost, giving the same tables as a local run (to float32 rounding).
 
 The real-cluster test is marked `slurm`; it needs root and `apt-get install -y slurm-wlm munge`, and skips
 otherwise. It takes about three minutes on 2 cores.
@@ -220,7 +220,10 @@ def test_tiny_preset_through_slurm_matches_local_run(slurm_cluster, tmp_path):
     assert tables == sorted(
         ["sentences.csv"] + [f"{e}{suffix}" for e in TINY_EXPERIMENTS for suffix in (".csv", ".summary.csv")]
     )
+    # Every discrete column (ids, predictions, correctness) equal; the float columns to float32 rounding. CPU
+    # float32 kernels are not bit-reproducible from one process to the next: two local runs of the same job have
+    # differed by up to 6e-8 in a logit (about one run in six), and a SLURM job is another process.
     for name in tables:
         a = pd.read_csv(local / "results/tiny-llama" / name)
         b = pd.read_csv(cluster / "results/tiny-llama" / name)
-        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=0, atol=1e-9, obj=name)
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5, atol=1e-6, obj=name)

@@ -188,8 +188,9 @@ def check_device(key: str, gpus: int, device: str) -> None:
     available = torch.cuda.is_available()
     names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if available else []
     log.info(
-        "torch %s, CUDA build %s, cuda available: %s, devices: %s, CUDA_VISIBLE_DEVICES=%s",
+        "torch %s, CUDA build %s, cuda available: %s, devices: %s, CUDA_VISIBLE_DEVICES=%s, torch threads %d",
         torch.__version__, torch.version.cuda, available, names or "none", os.environ.get("CUDA_VISIBLE_DEVICES"),
+        torch.get_num_threads(),
     )
     if gpus > 0 and device != "cpu" and not available:
         raise ModelError(
