@@ -103,6 +103,10 @@ def test_dynamics_target_runs_only_localization_on_each_checkpoint(tmp_path):
         ({"inference": {"device": "auto", "batch_size": "large"}}, "instance['inference']['batch_size']"),
         ({"models": {"tiny-llama": {"kind": "tiny", "family": "llama", "tokenizer_from": "smollm2-135m",
                                     "checkpoints": [{"step": 1}]}}}, "only hf and trained_tiny entries have checkpoints"),
+        # a misspelled key in a model entry (here: 0 GPUs on a cluster) or in its settings for an experiment
+        ({"models": {"llama8b": {"gpu": 2}}}, ["'gpu' was unexpected", "On instance['models']['llama8b']"]),
+        ({"models": {"qwen32b": {"settings": {"zero_shot": {"aliasses": ["paper"]}}}}},
+         ["'aliasses' was unexpected", "On instance['models']['qwen32b']['settings']['zero_shot']"]),
     ],
 )
 def test_bad_config_fails_before_any_job_with_a_readable_message(tmp_path, overlay, message):
@@ -112,14 +116,15 @@ def test_bad_config_fails_before_any_job_with_a_readable_message(tmp_path, overl
             paper[key]["localization"]["grid"] = value["localization"]["grid"]
         elif isinstance(value, dict) and key in ("models", "sentences"):
             for sub, entry in value.items():
-                paper[key][sub] = entry
+                paper[key][sub] = {**paper[key][sub], **entry} if key == "models" and sub in paper[key] else entry
         else:
             paper[key] = value
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(paper))
     out = snakemake("-n", "--configfile", str(path), check=False)
     assert out.returncode != 0
-    assert message in out.stdout + out.stderr
+    for part in [message] if isinstance(message, str) else message:
+        assert part in out.stdout + out.stderr
 
 
 def test_tiny_preset_end_to_end(tmp_path):
