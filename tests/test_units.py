@@ -199,7 +199,10 @@ def test_wikitext_source_says_what_to_do_when_unreachable(monkeypatch):
         raise ConnectionError("no route to the datasets hub")
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=unreachable))
-    with pytest.raises(sentences.SentenceError, match="source: synthetic"):
+    with pytest.raises(sentences.SentenceError, match="unreachable.*source: synthetic"):
+        next(sentences.candidates({"source": "wikitext"}, 0, ROOT / "data/synthetic_grammar.yaml"))
+    monkeypatch.setitem(sys.modules, "datasets", None)  # not installed: say which package, not "unreachable"
+    with pytest.raises(sentences.SentenceError, match=r"needs the `datasets` package: `pip install -e '\.\[wikitext\]'`"):
         next(sentences.candidates({"source": "wikitext"}, 0, ROOT / "data/synthetic_grammar.yaml"))
 
 

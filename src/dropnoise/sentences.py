@@ -67,7 +67,12 @@ def wikitext_sentences(seed: int) -> Iterator[str]:
     shuffled."""
     try:
         from datasets import load_dataset
-
+    except ImportError as err:
+        raise SentenceError(
+            "sentence source 'wikitext' needs the `datasets` package: `pip install -e '.[wikitext]'` (with "
+            "--use-conda the inference env has it), or use `sentences: {source: synthetic}` or `source: file`."
+        ) from err
+    try:
         lines = load_dataset("Salesforce/wikitext", "wikitext-103-raw-v1", split="train")["text"]
     except Exception as err:  # offline, or no datasets hub
         raise SentenceError(
