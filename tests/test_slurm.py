@@ -1,5 +1,6 @@
 """SLURM execution: the cluster profile's GPU requests as sbatch options (no cluster needed), and the tiny preset run
-through a real one-node SLURM cluster on localhost, giving the same tables as a local run (to float32 rounding).
+through a real one-node SLURM cluster on localhost, giving the same tables as a local run (the same predictions, the
+scores to rounding error).
 
 The real-cluster test is marked `slurm`; it needs root and `apt-get install -y slurm-wlm munge`, and skips
 otherwise. It takes about three minutes on 2 cores.
