@@ -88,6 +88,9 @@ def test_dynamics_target_runs_only_localization_on_each_checkpoint(tmp_path):
     assert job_counts(out) == {**dict.fromkeys(per_checkpoint, n), "dynamics": 1}
     assert "resources/models/olmo2-1b-step1000" in out and "resources/models/olmo2-1b\n" not in out
     assert "zero_shot" not in out and "localization_control" not in out
+    without_probes = snakemake("-n", "results/olmo2-1b/dynamics.csv", check=False)
+    assert without_probes.returncode != 0
+    assert "reads each checkpoint's probes, which are off" in without_probes.stdout + without_probes.stderr
 
 
 @pytest.mark.parametrize(

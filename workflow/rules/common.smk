@@ -408,6 +408,11 @@ def checkpoint_steps(wildcards):
 
 def dynamics_inputs(wildcards):
     """Per checkpoint, in step order: its localization summary, probes and mutual information."""
+    if not config["probes"]["enabled"]:
+        raise WorkflowError(
+            f"results/{wildcards.model}/dynamics.csv reads each checkpoint's probes, which are off: add "
+            "`probes: {enabled: true}` (e.g. in an overlay passed with --configfile)"
+        )
     keys = list(checkpoint_steps(wildcards))
     return {
         "summaries": [f"results/{key}/localization.summary.csv" for key in keys],

@@ -29,24 +29,25 @@ rule train_tiny:
         "../scripts/train_tiny.py"
 
 
-if config["probes"]["enabled"]:
+rule dynamics:
+    input:
+        unpack(dynamics_inputs),
+    output:
+        "results/{model}/dynamics.csv",
+    log:
+        "logs/dynamics/{model}.log",
+    conda:
+        "../../envs/probing.yaml"
+    params:
+        steps=checkpoint_steps,
+    wildcard_constraints:
+        model="|".join(re.escape(key) for key in SERIES),
+    localrule: True
+    script:
+        "../scripts/dynamics.py"
 
-    rule dynamics:
-        input:
-            unpack(dynamics_inputs),
-        output:
-            "results/{model}/dynamics.csv",
-        log:
-            "logs/dynamics/{model}.log",
-        conda:
-            "../../envs/probing.yaml"
-        params:
-            steps=checkpoint_steps,
-        wildcard_constraints:
-            model="|".join(re.escape(key) for key in SERIES),
-        localrule: True
-        script:
-            "../scripts/dynamics.py"
+
+if config["probes"]["enabled"]:
 
     # The figure rule of probing.smk, drawing the dynamics table.
     use rule probe_figure as dynamics_figure with:
