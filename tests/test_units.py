@@ -11,7 +11,7 @@ import torch
 
 from conftest import ROOT, build_tiny
 from dropnoise import config as dnconfig
-from dropnoise import engine, models, outputs, prompts, sentences, tasks
+from dropnoise import engine, models, outputs, pipeline, prompts, sentences, tasks
 from dropnoise.labels import load_aliases
 
 
@@ -204,6 +204,22 @@ def test_wikitext_source_says_what_to_do_when_unreachable(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # not installed: say which package, not "unreachable"
     with pytest.raises(sentences.SentenceError, match=r"needs the `datasets` package: `pip install -e '\.\[wikitext\]'`"):
         next(sentences.candidates({"source": "wikitext"}, 0, ROOT / "data/synthetic_grammar.yaml"))
+
+
+def test_a_wikitext_source_without_datasets_stops_before_the_model_download(monkeypatch, tmp_path, paper_config):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    monkeypatch.setattr(models, "prepare_hf", lambda *args: pytest.fail("the model download started"))
+    assert paper_config["sentences"]["source"] == "wikitext"
+    with pytest.raises(sentences.SentenceError, match="needs the `datasets` package"):
+        pipeline.prepare_model("llama8b", paper_config, tmp_path / "llama8b")
+    assert not (tmp_path / "llama8b").exists()
+    synthetic = {**paper_config, "sentences": {**paper_config["sentences"], "source": "synthetic"}}
+    called = []
+    monkeypatch.setattr(models, "prepare_hf", lambda *args: called.append(args))
+    pipeline.prepare_model("llama8b", synthetic, tmp_path / "llama8b")  # nothing to check: on to the download
+    assert called
 
 
 def test_a_gpu_job_without_a_visible_gpu_fails_fast(monkeypatch, caplog):

@@ -37,9 +37,13 @@ def setup_logging(log_file: str | None) -> None:
 
 def prepare_model(key: str, config: dict, out: str | Path, root: str | Path = ".", trained: str | None = None) -> None:
     """Build the model folder in a temporary sibling and move it into place only when complete (`trained`: the
-    training run's folder of a trained_tiny entry)."""
+    training run's folder of a trained_tiny entry). First, before any download, check that the configured sentence
+    sources (the pool's, its mix, the density corpus) can be read in this environment."""
     from . import models
 
+    pool, corpus = config["sentences"], config["density"]["corpus"]
+    own_corpus = [corpus] if config["density"]["enabled"] and corpus["source"] != "pool" else []
+    sentences.require_readable([pool, *pool.get("mix", []), *own_corpus])
     entry = config["models"][key]
     with outputs.staged_folder(out) as tmp:
         if entry["kind"] == "gguf_package":

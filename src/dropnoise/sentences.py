@@ -62,16 +62,26 @@ def detokenize(line: str) -> str:
     return re.sub(r" ([.,;:!?])$", r"\1", line)
 
 
+NO_DATASETS = ("sentence source 'wikitext' needs the `datasets` package: `pip install -e '.[wikitext]'` (with "
+               "--use-conda the inference env has it), or use `sentences: {source: synthetic}` or `source: file`.")
+
+
+def require_readable(sources: list[dict]) -> None:
+    """Stop before any download when a configured source cannot be read in this Python (wikitext without
+    `datasets`), instead of in the sentence job after the model has been fetched."""
+    if any(source["source"] == "wikitext" for source in sources):
+        try:
+            import datasets  # noqa: F401
+        except ImportError as err:
+            raise SentenceError(NO_DATASETS) from err
+
+
 def wikitext_sentences(seed: int) -> Iterator[str]:
     """Sentences of WikiText-103 train (detokenized), split at sentence ends, headings and empty lines dropped,
     shuffled."""
-    try:
-        from datasets import load_dataset
-    except ImportError as err:
-        raise SentenceError(
-            "sentence source 'wikitext' needs the `datasets` package: `pip install -e '.[wikitext]'` (with "
-            "--use-conda the inference env has it), or use `sentences: {source: synthetic}` or `source: file`."
-        ) from err
+    require_readable([{"source": "wikitext"}])
+    from datasets import load_dataset
+
     try:
         lines = load_dataset("Salesforce/wikitext", "wikitext-103-raw-v1", split="train")["text"]
     except Exception as err:  # offline, or no datasets hub
