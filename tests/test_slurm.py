@@ -115,6 +115,31 @@ def test_probes_and_mutual_information_are_cpu_jobs_sized_from_their_inputs(tmp_
     assert jobs[targets[2]]["local"]  # a join of two small tables stays on the submit host
 
 
+def test_every_gpu_rule_goes_to_the_gpu_partition_both_ways(tmp_path):
+    """The capture runs, steering and density_features ask for GPUs like perturbed_inference: each needs the GPU
+    block of set-resources (partition, one task, CPUs per GPU; --gres in the alternative), or it would land on the
+    CPU partition with a GPU request."""
+    overlay = tmp_path / "extensions_on.yaml"
+    overlay.write_text("probes:\n  enabled: true\ndensity:\n  enabled: true\n")
+    targets = {"perturbed_inference_capture": "results/qwen32b/shards/localization/0.activations.npz",
+               "steering": "results/qwen32b/steering.csv", "density_features": "results/qwen32b/density/features.npz"}
+    gres = yaml.safe_load((PROFILE / "profile.yaml").read_text())
+    blocks = gres["set-resources"]
+    gpu_rules = [rule for rule, block in blocks.items() if block == blocks["perturbed_inference"]]  # the anchor's
+    assert set(targets) < set(gpu_rules)
+    gres["default-resources"]["slurm_partition"] = "cpu"
+    blocks.update(dict.fromkeys(gpu_rules, gres_alternative()["perturbed_inference"]))  # the anchor, swapped
+    (tmp_path / "gres.yaml").write_text(yaml.safe_dump(gres))
+    cli = ["--configfile", "config.yaml", str(overlay)]
+    for profile, request in (("profiles/slurm", "--gpus=2"), (tmp_path / "gres.yaml", "--gres=gpu:2")):
+        jobs = render(tmp_path, profile, list(targets.values()), cli=cli)
+        for rule, target in targets.items():
+            job = jobs[target]
+            sbatch = options(job["sbatch"])
+            assert job["rule"] == rule and sbatch[sbatch.index("-p") + 1] == "gpu", job["sbatch"]
+            assert request in sbatch and not (request == "--gres=gpu:2" and "--gpus=2" in sbatch), job["sbatch"]
+
+
 def test_gres_alternative_renders_gres_instead_of_gpus(tmp_path):
     profile = yaml.safe_load((PROFILE / "profile.yaml").read_text())
     profile["set-resources"].update(gres_alternative())
