@@ -206,6 +206,17 @@ def test_wikitext_source_says_what_to_do_when_unreachable(monkeypatch):
         next(sentences.candidates({"source": "wikitext"}, 0, ROOT / "data/synthetic_grammar.yaml"))
 
 
+def test_hf_downloads_take_the_transformers_files_only():
+    from huggingface_hub.utils import filter_repo_objects
+
+    mistral = ["config.json", "consolidated.safetensors", "model-00001-of-00003.safetensors", "params.json",
+               "model.safetensors.index.json", "tokenizer.model.v3", "tokenizer.json", "tokenizer_config.json",
+               "generation_config.json", "original/consolidated.00.pth", "original/tokenizer.model", "README.md"]
+    kept = set(filter_repo_objects(mistral, allow_patterns=models.HF_FILES, ignore_patterns=models.HF_SKIPPED))
+    assert kept == {"config.json", "model-00001-of-00003.safetensors", "params.json", "model.safetensors.index.json",
+                    "tokenizer.model.v3", "tokenizer.json", "tokenizer_config.json", "generation_config.json"}
+
+
 def test_a_wikitext_source_without_datasets_stops_before_the_model_download(monkeypatch, tmp_path, paper_config):
     import sys
 

@@ -161,6 +161,12 @@ def prepare_trained(key: str, entry: dict, out: Path, trained: Path) -> None:
     write_marker(out, key, entry, revision=read_marker(source)["revision"])
 
 
+# What prepare_hf downloads: the transformers weights, config and tokenizer; not the copies some repositories add
+# for other runtimes (Mistral's consolidated.safetensors doubles a 7B download; Llama's original/ folder).
+HF_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+HF_SKIPPED = ["consolidated*", "original/*"]
+
+
 def prepare_hf(key: str, entry: dict, out: Path) -> None:
     """Download a pinned revision (safetensors, config, tokenizer) once; inference jobs then run offline."""
     from huggingface_hub import snapshot_download
@@ -170,7 +176,8 @@ def prepare_hf(key: str, entry: dict, out: Path) -> None:
             repo_id=entry["repo_id"],
             revision=entry["revision"],
             local_dir=out,
-            allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"],
+            allow_patterns=HF_FILES,
+            ignore_patterns=HF_SKIPPED,
             token=os.environ.get("HF_TOKEN"),
         )
     except Exception as err:  # the hub client raises many types: offline, gated, missing revision
