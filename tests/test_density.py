@@ -130,6 +130,27 @@ def test_regression_finds_no_effect_in_shuffled_density():
     assert fit["lr_p"] > 0.05 and fit["permutation_p"] > 0.05
 
 
+def test_wald_test_and_interval_use_t_on_sentences_minus_one_df():
+    """Few sentences: the cluster-robust test must use t(G - 1), not the normal (too liberal with 12 sentences)."""
+    from scipy.stats import t
+
+    trials = planted_trials(0.3, n_sentences=12, per_sentence=10).assign(strength=0.5)  # one density term
+    fit = density_dependence.fit_density(trials, "log_density", permutations=0, seed=1)
+    assert fit["status"] == "ok" and "strength" not in fit["formula"]
+    beta = np.log(fit["odds_ratio"])
+    half_width = (np.log(fit["ci_high"]) - np.log(fit["ci_low"])) / 2
+    se = half_width / t.ppf(0.975, 11)
+    assert fit["wald_p"] == pytest.approx(2 * t.sf(abs(beta / se), 11), rel=1e-6)
+
+
+def test_a_fit_with_no_more_sentences_than_parameters_reports_no_estimate():
+    trials = planted_trials(0.8, n_sentences=5, per_sentence=12)
+    fit = density_dependence.fit_density(trials, "log_density", permutations=20, seed=1)
+    assert fit["status"].startswith(("not estimable", "fit failed")) and "5 sentences for" in fit["status"]
+    assert all(np.isnan(fit.get(column, np.nan)) for column in ("odds_ratio", "ci_low", "wald_p", "lr_p",
+                                                                  "permutation_p"))
+
+
 def test_permutation_stays_within_strata():
     sentences = pd.DataFrame({"value": np.arange(8.0), "stratum": [3, 3, 3, 7, 7, 7, 7, 11]})
     shuffled = density_dependence.permute_within(sentences, "value", "stratum", np.random.default_rng(0))

@@ -14,14 +14,15 @@ Model, per model x experiment x perturbation x bandwidth scale, a logistic GLM o
 - n_tokens: the sentence's length bucket; position: the correct option's letter (in localization, the perturbed
   sentence's); terms that do not vary within a fit (n_tokens in zero- and few-shot) are dropped.
 Trials of one sentence are not independent. The odds ratio's CI and `wald_p` use cluster-robust covariance by
-sentence; the likelihood-ratio test against the model without the two density terms treats trials as independent;
+sentence, with t and F reference distributions on (sentences - 1) degrees of freedom; the likelihood-ratio test against the model without the two density terms treats trials as independent;
 the permutation test shuffles densities across sentences (within length buckets), refits, and compares the same
 likelihood-ratio statistic, which keeps the clustering and is the test to trust when there are few sentences.
 
 Output columns (results/stats/density_dependence.csv): model, experiment, perturbation, bandwidth_scale, rule,
 n_trials, n_sentences, accuracy, log_density_sd, odds_ratio, ci_low, ci_high (per SD of log density),
 interaction (log odds ratio per SD per unit strength), lr_stat, lr_df, lr_p, wald_p, permutation_p, permutations,
-status (ok, or why a fit was skipped or is unreliable), formula.
+status (ok; or why a fit was skipped, failed or is not estimable: separation, or no more sentences than parameters,
+where every estimate and test is left empty; or why it is unreliable), formula.
 """
 
 from __future__ import annotations
@@ -76,11 +77,14 @@ def formula(frame: pd.DataFrame) -> str:
 
 
 def _fit(y, X, groups=None):
-    """A binomial GLM; with `groups`, cluster-robust covariance. Returns the fit and the warnings it raised."""
+    """A binomial GLM; with `groups`, cluster-robust covariance with t and F tests on G - 1 degrees of freedom (as
+    src/dropnoise/stats.py: few sentences make normal reference distributions too liberal). Returns the fit and the
+    warnings it raised."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = sm.GLM(y, X, family=sm.families.Binomial())
-        fit = model.fit(cov_type="cluster", cov_kwds={"groups": groups}) if groups is not None else model.fit()
+        fit = (model.fit(cov_type="cluster", cov_kwds={"groups": groups}, use_t=True) if groups is not None
+               else model.fit())
     problems = sorted({w.category.__name__ for w in caught
                        if issubclass(w.category, (PerfectSeparationWarning, ConvergenceWarning, RuntimeWarning))})
     return fit, problems
@@ -114,12 +118,13 @@ def fit_density(frame: pd.DataFrame, column: str, permutations: int, seed: int) 
     if not np.isfinite(full.cov_params().to_numpy()).all():  # diverged under separation
         return {**base, "formula": text,
                 "status": "fit failed (no finite covariance): " + ", ".join(problems or ["separation"])}
+    if any(p == "PerfectSeparationWarning" or "parameters" in p for p in problems):  # estimates and tests meaningless
+        return {**base, "formula": text, "status": "not estimable: " + ", ".join(problems)}
     lr = 2 * (full.llf - reduced.llf)
     wald = full.wald_test(np.eye(X.shape[1])[[X.columns.get_loc(t) for t in terms]], scalar=True)
-    beta, se = full.params["z_density"], full.bse["z_density"]
-    z = stats.norm.ppf(0.975)
+    low, high = full.conf_int(alpha=0.05).loc["z_density"]
     result = {
-        **base, "odds_ratio": np.exp(beta), "ci_low": np.exp(beta - z * se), "ci_high": np.exp(beta + z * se),
+        **base, "odds_ratio": np.exp(full.params["z_density"]), "ci_low": np.exp(low), "ci_high": np.exp(high),
         "interaction": full.params.get("z_density:strength_c", np.nan), "lr_stat": lr, "lr_df": len(terms),
         "lr_p": stats.chi2.sf(lr, len(terms)), "wald_p": float(wald.pvalue), "formula": text,
         "status": "ok" if not problems else "unreliable fit: " + ", ".join(problems),
