@@ -14,8 +14,8 @@ Model, per model x experiment x perturbation x bandwidth scale, a logistic GLM o
 - n_tokens: the sentence's length bucket; position: the correct option's letter (in localization, the perturbed
   sentence's); terms that do not vary within a fit (n_tokens in zero- and few-shot) are dropped.
 Trials of one sentence are not independent. The odds ratio's CI and `wald_p` use cluster-robust covariance by
-sentence, with t and F reference distributions on (sentences - 1) degrees of freedom; the likelihood-ratio test against the model without the two density terms treats trials as independent;
-the permutation test shuffles densities across sentences (within length buckets), refits, and compares the same
+sentence, with t and F reference distributions on (sentences - 1) degrees of freedom; the likelihood-ratio test
+against the model without the two density terms treats trials as independent; the permutation test shuffles densities across sentences (within length buckets), refits, and compares the same
 likelihood-ratio statistic, which keeps the clustering and is the test to trust when there are few sentences.
 
 Output columns (results/stats/density_dependence.csv): model, experiment, perturbation, bandwidth_scale, rule,
@@ -112,14 +112,15 @@ def fit_density(frame: pd.DataFrame, column: str, permutations: int, seed: int) 
     y, X = patsy.dmatrices(text, data, return_type="dataframe")
     terms = [t for t in DENSITY_TERMS if t in X]
     full, problems = _fit(y, X, pd.factorize(data.sentence_id)[0])
-    if len(per_sentence) <= X.shape[1]:  # the cluster-robust covariance cannot have full rank
+    full_rank = len(per_sentence) > X.shape[1]  # else the cluster-robust covariance cannot have full rank
+    if not full_rank:
         problems.append(f"{len(per_sentence)} sentences for {X.shape[1]} parameters")
-    reduced, _ = _fit(y, X.drop(columns=terms))
     if not np.isfinite(full.cov_params().to_numpy()).all():  # diverged under separation
         return {**base, "formula": text,
                 "status": "fit failed (no finite covariance): " + ", ".join(problems or ["separation"])}
-    if any(p == "PerfectSeparationWarning" or "parameters" in p for p in problems):  # estimates and tests meaningless
+    if not full_rank or "PerfectSeparationWarning" in problems:  # estimates and tests meaningless
         return {**base, "formula": text, "status": "not estimable: " + ", ".join(problems)}
+    reduced, _ = _fit(y, X.drop(columns=terms))
     lr = 2 * (full.llf - reduced.llf)
     wald = full.wald_test(np.eye(X.shape[1])[[X.columns.get_loc(t) for t in terms]], scalar=True)
     low, high = full.conf_int(alpha=0.05).loc["z_density"]
