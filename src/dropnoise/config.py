@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .labels import AliasError, load_aliases
+from .sentences import pool_sources
 from .vocabulary import PERTURBATIONS
 from .tasks import EXPERIMENTS, conditions, expand_grid, shard
 
@@ -92,7 +93,7 @@ def check(config: dict, root: str | Path = ".") -> None:
         if config["probes"]["steering"]["enabled"]:
             problems += _steering_problems(config, aliases)
     problems += _dynamics_problems(config)
-    sources = [config["sentences"], *config["sentences"].get("mix", [])]
+    sources = pool_sources(config["sentences"])
     for i, source in enumerate(sources):
         where = "sentences" if i == 0 else f"sentences.mix[{i - 1}]"
         if source["source"] == "file" and not (root / source["path"]).exists():

@@ -20,17 +20,9 @@ from .vocabulary import derive_seed
 log = logging.getLogger("dropnoise")
 
 
-def corpus_source(config: dict) -> dict:
-    """The reference corpus's sentence source: the targets' own (`pool`), or the corpus section's."""
-    corpus = config["density"]["corpus"]
-    if corpus["source"] == "pool":
-        return config["sentences"]
-    return {"grammar": config["sentences"].get("grammar", "data/synthetic_grammar.yaml"), **corpus}
-
-
 def build_corpus(config: dict, sentence_file: str, out: str, root: str | Path = ".") -> None:
     settings = config["density"]
-    source = corpus_source(config)
+    source = sentences.corpus_source(config)
     targets = pd.read_csv(sentence_file, keep_default_na=False).sentence
     seed = derive_seed(settings["seed"], "reference corpus")
     candidates = sentences.candidates(source, seed, Path(root) / source.get("grammar", "data/synthetic_grammar.yaml"))
@@ -93,7 +85,7 @@ def build_density(config: dict, sentence_file: str, features_file: str, out_csv:
     log.info("bandwidth h = %.4g (median distance to the %d-th neighbour); log density: %s", facts["bandwidth"],
              bandwidth["k"], table.log_density.describe().to_dict())
     outputs.write_csv(table, out_csv)
-    outputs.write_json({**facts, "encoder": settings["encoder"], "corpus": corpus_source(config)}, out_json)
+    outputs.write_json({**facts, "encoder": settings["encoder"], "corpus": sentences.corpus_source(config)}, out_json)
 
 
 def joined_tables(models: list[str], experiments: list[str], trial_files: list[str], density_files: list[str],

@@ -41,9 +41,7 @@ def prepare_model(key: str, config: dict, out: str | Path, root: str | Path = ".
     sources (the pool's, its mix, the density corpus) can be read in this environment."""
     from . import models
 
-    pool, corpus = config["sentences"], config["density"]["corpus"]
-    own_corpus = [corpus] if config["density"]["enabled"] and corpus["source"] != "pool" else []
-    sentences.require_readable([pool, *pool.get("mix", []), *own_corpus])
+    sentences.require_readable(sentences.configured_sources(config))
     entry = config["models"][key]
     with outputs.staged_folder(out) as tmp:
         if entry["kind"] == "gguf_package":
@@ -89,7 +87,7 @@ def build_sentences(model_dir: str, config: dict, out: str, root: str | Path = "
     settings = config["sentences"]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     parts = []
-    for i, source in enumerate([settings, *settings.get("mix", [])]):
+    for i, source in enumerate(sentences.pool_sources(settings)):
         grammar = Path(root) / source.get("grammar", settings.get("grammar", "data/synthetic_grammar.yaml"))
         pool = sentences.bucket(
             sentences.candidates(source, config["seed"], grammar),

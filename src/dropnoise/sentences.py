@@ -62,6 +62,24 @@ def detokenize(line: str) -> str:
     return re.sub(r" ([.,;:!?])$", r"\1", line)
 
 
+def pool_sources(settings: dict) -> list[dict]:
+    """The sources of the sentence pool: the `sentences` section's own, then each of its `mix`."""
+    return [settings, *settings.get("mix", [])]
+
+
+def corpus_source(config: dict) -> dict:
+    """The density reference corpus's source: the targets' own (`pool`), or the corpus section's."""
+    corpus = config["density"]["corpus"]
+    if corpus["source"] == "pool":
+        return config["sentences"]
+    return {"grammar": config["sentences"].get("grammar", "data/synthetic_grammar.yaml"), **corpus}
+
+
+def configured_sources(config: dict) -> list[dict]:
+    """Every source a run reads: the pool's and, with the density analysis on, its reference corpus's."""
+    return pool_sources(config["sentences"]) + ([corpus_source(config)] if config["density"]["enabled"] else [])
+
+
 NO_DATASETS = ("sentence source 'wikitext' needs the `datasets` package: `pip install -e '.[wikitext]'` (with "
                "--use-conda the inference env has it), or use `sentences: {source: synthetic}` or `source: file`.")
 
