@@ -42,10 +42,9 @@ def check(config: dict, root: str | Path = ".") -> None:
             template = entry.get("chat_template")
             if template is not None and not (root / "data/chat_templates" / f"{template}.jinja").exists():
                 problems.append(f"models.{key}.chat_template: no file data/chat_templates/{template}.jinja")
-        for section in ("grids", "settings"):
-            for experiment in entry.get(section, {}):
-                if experiment not in EXPERIMENTS:
-                    problems.append(f"models.{key}.{section}: unknown experiment '{experiment}'")
+        for experiment in entry.get("grids", {}):  # (settings: the schema names their experiments)
+            if experiment not in EXPERIMENTS:
+                problems.append(f"models.{key}.grids: unknown experiment '{experiment}'")
         if strength_grid(config, key) == "auto" and any(e in config["run"]["experiments"] for e in GRID_EXPERIMENTS):
             for needed in ("localization", "localization_control"):
                 if needed not in config["experiments"]:
