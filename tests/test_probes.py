@@ -45,21 +45,70 @@ def test_norm_baseline_sees_a_scale_shortcut_that_the_mean_direction_lacks():
     assert probes.scores(y, probes.out_of_fold(probes.probe(1.0), norm, y, groups, 5, 1))["accuracy"] > 0.85
 
 
+def delta_resolvent(y, epsilon=1e-5):
+    """The label side of nHSIC from its definition: the resolvent of the delta kernel."""
+    return mi.resolvent((y[:, None] == y[None, :]).astype(float), epsilon)
+
+
 def test_nhsic_is_near_zero_for_independent_and_high_for_dependent_data():
     """At a width well above the median distance (the reference code's sigma = 50 is about 35 x the median for
     z-scored features); at the median itself the estimator saturates near 1 for full-rank kernels."""
     rng = np.random.default_rng(0)
     X = rng.normal(size=(150, 10))
     y = rng.integers(0, 2, 150)
-    r_y = mi.resolvent(mi.label_kernel(y), 1e-5)
+    r_y = delta_resolvent(y)
     independent = mi.nhsic(mi.resolvent(mi.rbf(X, 16.0), 1e-5), r_y)
     dependent_X = X + 4.0 * y[:, None]
     dependent = mi.nhsic(mi.resolvent(mi.rbf(dependent_X, 16.0), 1e-5), r_y)
     assert independent < 0.1 and dependent > 0.8
-    null = mi.permutation_null(mi.resolvent(mi.rbf(dependent_X, 16.0), 1e-5), r_y, 50, seed=1)
+    null = mi.label_nhsic(mi.resolvent(mi.rbf(dependent_X, 16.0), 1e-5),
+                          mi.null_labels(y, np.arange(150), 50, seed=1), 1e-5)
     assert null.max() < dependent and null.mean() == pytest.approx(independent, abs=0.1)
     r_x = mi.resolvent(mi.rbf(X, 16.0), 1e-5)
     assert mi.nhsic(r_x, r_x) > 5 * mi.nhsic(r_x, mi.resolvent(mi.rbf(rng.normal(size=(150, 10)), 16.0), 1e-5))
+
+
+def test_label_nhsic_equals_the_trace_with_the_label_resolvent():
+    rng = np.random.default_rng(3)
+    r_t = mi.resolvent(mi.rbf(rng.normal(size=(60, 5)), 4.0), 1e-5)
+    labels = np.stack([rng.integers(0, 2, 60), np.r_[np.ones(10), np.zeros(50)].astype(int)], axis=1)
+    for epsilon in (1e-5, 1e-2):
+        expected = [mi.nhsic(r_t, delta_resolvent(labels[:, p], epsilon)) for p in range(2)]
+        assert mi.label_nhsic(r_t, labels, epsilon) == pytest.approx(expected, rel=1e-8)
+    assert mi.label_nhsic(r_t, np.ones(60, int), 1e-5)[0] == 0.0  # one label: no information
+
+
+def test_nhsic_null_moves_labels_within_a_sentence_or_whole_sentences_only():
+    # s0, s1: a perturbed and a clean row each; s2..s5: one label for all their rows (a zero-shot class)
+    groups = np.array(["s0", "s0", "s1", "s1", "s2", "s2", "s2", "s3", "s4", "s4", "s5"])
+    labels = np.array([1, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0])
+    null = mi.null_labels(labels, groups, 200, seed=4)
+    for p in range(200):
+        column = pd.Series(null[:, p])
+        assert (column.groupby(groups).sum()[["s0", "s1"]] == 1).all()
+        assert (column.groupby(groups).nunique()[["s2", "s3", "s4", "s5"]] == 1).all()
+        assert column.groupby(groups).first()[["s2", "s3", "s4", "s5"]].sum() == 2  # two sentences of each label
+    assert len({tuple(null[:, p]) for p in range(200)}) == 4 * 6  # every arrangement the design allows, only those
+
+
+def test_nhsic_null_holds_its_level_when_a_sentence_has_several_rows():
+    """Labels drawn per sentence, independent of the activations; each sentence's four rows nearly alike (its
+    renderings). Shuffling rows across sentences rejects almost always; the sentence-level null does not."""
+    rejections = {"sentences": 0, "rows": 0}
+    replications = 30
+    for seed in range(replications):
+        rng = np.random.default_rng(seed)
+        sentence = rng.normal(size=(20, 8))
+        acts = np.repeat(sentence, 4, axis=0) + 0.05 * rng.normal(size=(80, 8))
+        labels = np.repeat(rng.permutation(np.tile([0, 1], 10)), 4)
+        groups = np.repeat(np.arange(20), 4).astype(str)
+        r_t = mi.resolvent(mi.rbf(acts, 1.0), 1e-5)
+        observed = mi.label_nhsic(r_t, labels, 1e-5)[0]
+        for name, units in (("sentences", groups), ("rows", np.arange(80))):
+            null = mi.label_nhsic(r_t, mi.null_labels(labels, units, 99, seed), 1e-5)
+            rejections[name] += (1 + np.sum(null >= observed)) / 100 <= 0.05
+    assert rejections["sentences"] / replications <= 0.15
+    assert rejections["rows"] / replications >= 0.8
 
 
 def test_datasets_pair_conditions_with_their_clean_rows_and_keep_strength_zero_as_baseline():

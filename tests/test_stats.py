@@ -68,13 +68,13 @@ def test_dose_response_reports_why_a_slope_is_missing():
     rng = np.random.default_rng(2)
     trials = zero_shot_trials(rng, {"dropout_noise": lambda s: 1.0}, n_sentences=10)
     table = stats.dose_response(trials, "zero_shot")
-    assert table.slope.isna().all() and (table.note == "no variation in correctness").all()
+    assert table.slope.isna().all() and (table.note == "no variation in the outcome").all()
     assert not table.significant.any()
     # each sentence answered the same at every strength (a model that ignores the perturbation): the clustered
     # standard error would collapse to zero, so no interval is claimed
     fixed = trials.assign(correct_primary=trials.sentence_id.isin(["s0", "s1", "s2", "s3"]))
     table = stats.dose_response(fixed, "zero_shot")
-    assert table.slope_low.isna().all() and table.note.str.startswith("correctness constant within every").all()
+    assert table.slope_low.isna().all() and table.note.str.startswith("outcome constant within every").all()
 
 
 def test_few_sentences_give_wide_intervals_not_overconfident_ones():
@@ -150,3 +150,41 @@ def test_latex_table_is_booktabs_with_scientific_p_values():
     latex = stats.to_latex(table)
     assert "\\toprule" in latex and "\\bottomrule" in latex and "family" not in latex
     assert "e-" in latex  # p-values in scientific notation
+
+
+def answered_trials(rng, answer_dropout, n: int = 60) -> pd.DataFrame:
+    """Zero-shot trials with the option order drawn per trial; `answer_dropout(kind, rank)` = P(the model picks the
+    dropout option) for a trial of class `kind` at grid rank `rank`."""
+    rows = []
+    for kind, grid in (("dropout", (0.0, 0.3, 0.6)), ("noise", (0.0, 1.0, 2.0))):
+        for rank, strength in enumerate(grid):
+            for base in range(n):
+                answer = "AB"[rng.integers(2)]
+                dropout_letter = answer if kind == "dropout" else "BA"["AB".index(answer)]
+                noise_letter = "BA"["AB".index(dropout_letter)]
+                pred = dropout_letter if rng.random() < answer_dropout(kind, rank) else noise_letter
+                rows.append({"model": "m", "experiment": "zero_shot", "alias": "dropout_noise", "perturbation": kind,
+                             "strength": strength, "base_id": f"{kind}-{base}", "sentence_id": f"s{base % 40}",
+                             "answer": answer, "logit_A": 0.0, "logit_B": 0.0, "pred_primary": pred,
+                             "correct_primary": pred == answer})
+    return pd.DataFrame(rows)
+
+
+def test_discrimination_tells_a_word_preference_from_telling_the_classes_apart():
+    rng = np.random.default_rng(7)
+    # always "dropout": every dropout cell of condition_tests is far above chance, yet nothing is told apart
+    biased = answered_trials(rng, lambda kind, rank: 1.0)
+    recall = stats.condition_tests(biased.assign(**{f"correct_{r}": biased.correct_primary for r in ("aggregate", "argmax")}), "zero_shot")
+    assert recall[(recall.perturbation == "dropout") & (recall.rule == "primary")].significant.all()
+    table = stats.discrimination(biased).set_index("rank")
+    assert (table.balanced_accuracy == 0.5).all() and (table.recall_dropout == 1).all() and (table.said_dropout == 1).all()
+    assert not table.significant.any() and (table.loc[[0, 1, 2], "p_value"] == 1).all()
+    # tells them apart from rank 1 on: 0.5, then 0.85 and 0.95 balanced accuracy
+    told = {0: 0.5, 1: 0.85, 2: 0.95}
+    table = stats.discrimination(answered_trials(rng, lambda kind, rank: told[rank] if kind == "dropout" else 1 - told[rank]))
+    cells = table[table["rank"] != "all"].set_index("rank")
+    assert cells.balanced_accuracy.to_numpy() == pytest.approx([0.5, 0.85, 0.95], abs=0.1)
+    assert cells.significant.tolist() == [False, True, True] and (cells.odds_ratio[[1, 2]] > 5).all()
+    assert cells.dropout_strength.tolist() == [0.0, 0.3, 0.6] and cells.noise_strength.tolist() == [0.0, 1.0, 2.0]
+    pooled = table[table["rank"] == "all"].iloc[0]
+    assert pooled.significant and pooled.or_low > 1 and pooled.n_dropout == pooled.n_noise == 180

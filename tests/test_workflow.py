@@ -196,7 +196,9 @@ def test_tiny_preset_end_to_end(tmp_path):
     assert set(pairs.comparison) == {"correct - swapped", "correct - random", "correct - empty"}
     controls = pd.read_csv(work / "results/stats/alias_controls.csv")
     assert set(controls.alias) == {"x_y"} and set(controls.experiment) == {"zero_shot", "few_shot"}
-    for table in ("condition_tests", "dose_response", "label_pairs", "alias_controls"):
+    told = pd.read_csv(work / "results/stats/discrimination.csv")
+    assert set(told.experiment) == {"zero_shot"} and told.balanced_accuracy.between(0, 1).all()
+    for table in ("condition_tests", "dose_response", "label_pairs", "discrimination", "alias_controls"):
         assert "\\toprule" in (work / f"results/stats/{table}.tex").read_text()
     for figure in ("fig2_localization", "fig2_localization_by_length", "fig3_control", "fig5_few_shot_by_k"):
         assert (work / f"paper_figures/{figure}.pdf").stat().st_size > 5_000

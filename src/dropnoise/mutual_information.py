@@ -7,6 +7,11 @@ The reference (Qian et al.'s released code, HSIC-bottleneck "HSIC-CCA") uses, pe
 the bandwidth and on eps, hence the sweep (bandwidths in multiples of the median pairwise distance of z-scored
 features) and, for I(T;Y), a label-permutation null. Labels get the delta kernel (1 when equal). The calibrated
 quantity is the probe bound H(Y) - CE in bits (probes.py), merged into the same table.
+
+The null permutes labels the way the design allows (`null_labels`): rows of one sentence are not independent (a
+trial's perturbed and clean rows, a zero-shot rendering under several aliases), so labels move within a sentence,
+or whole sentences trade labels, never single rows across sentences. Its p-values are Holm-adjusted over the
+sites, layers and bandwidths of each labelled set.
 """
 
 from __future__ import annotations
@@ -14,10 +19,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from scipy.spatial.distance import pdist
+from statsmodels.stats.multitest import multipletests
 from sklearn.metrics.pairwise import rbf_kernel
 from sklearn.preprocessing import StandardScaler
 
-from .activations import SITES
 from .probes import CONDITION_COLUMNS, Dataset
 from .vocabulary import derive_seed
 
@@ -36,47 +41,72 @@ def rbf(features: np.ndarray, bandwidth: float) -> np.ndarray:
     return rbf_kernel(z, gamma=1.0 / (2.0 * (bandwidth * median) ** 2))
 
 
-def label_kernel(labels: np.ndarray) -> np.ndarray:
-    return (labels[:, None] == labels[None, :]).astype(float)
-
-
 def nhsic(a: np.ndarray, b: np.ndarray) -> float:
     """tr(R_a R_b) of two resolvents."""
     return float(np.sum(a * b.T))
 
 
-def permutation_null(r_t: np.ndarray, r_y: np.ndarray, permutations: int, seed: int) -> np.ndarray:
-    """nHSIC(T;Y) with the labels permuted: permuting Y permutes R_Y's rows and columns alike (H commutes)."""
+def label_nhsic(r_t: np.ndarray, labels: np.ndarray, epsilon: float) -> np.ndarray:
+    """tr(R_T R_Y) for 0/1 labels, one value per column of `labels` ([m] or [m, P]), without forming R_Y.
+
+    The delta kernel of 0/1 labels gives K H = s a' with s = 2y - 1 and a = y - mean(y): rank one, so by
+    Sherman-Morrison R_Y = s a' / (eps m + a's) and tr(R_T R_Y) = a' R_T s / (eps m + a's). Every permutation of the
+    null then costs one matrix-vector product instead of an m x m solve.
+    """
+    y = labels.reshape(len(labels), -1).astype(float)
+    s, a = 2 * y - 1, y - y.mean(axis=0)
+    return np.einsum("ip,ip->p", a, r_t @ s) / (epsilon * len(y) + np.einsum("ip,ip->p", a, s))
+
+
+def null_labels(labels: np.ndarray, groups: np.ndarray, permutations: int, seed: int) -> np.ndarray:
+    """[m, permutations] label vectors under the null the design supports.
+
+    In a sentence whose rows carry both labels (a trial's perturbed and clean rows), the labels are shuffled among
+    its rows; sentences whose rows all carry one label (a zero-shot class, one rendering under several aliases)
+    trade labels as wholes. Shuffling single rows across sentences would count a sentence's rows as independent
+    evidence and make the null far too narrow.
+    """
+    codes = pd.factorize(groups)[0]
+    mixed = pd.Series(labels).groupby(codes).nunique().to_numpy()[codes] > 1
+    rows = np.flatnonzero(mixed)
+    by_sentence = rows[np.argsort(codes[rows], kind="stable")]
+    whole = np.unique(codes[~mixed])
+    whole_labels = pd.Series(labels).groupby(codes).first().to_numpy()[whole]
+    slot = np.searchsorted(whole, codes[~mixed])  # each single-label row's sentence, as its place in `whole`
     rng = np.random.default_rng(seed)
-    null = np.empty(permutations)
-    for i in range(permutations):
-        order = rng.permutation(len(r_y))
-        null[i] = nhsic(r_t, r_y[np.ix_(order, order)])
-    return null
+    out = np.empty((len(labels), permutations), dtype=labels.dtype)
+    for p in range(permutations):
+        out[~mixed, p] = rng.permutation(whole_labels)[slot]
+        out[by_sentence, p] = labels[rows[np.lexsort((rng.random(len(rows)), codes[rows]))]]
+    return out
 
 
 def run(sites: dict[str, np.ndarray], layers: np.ndarray, sets: list[Dataset], bandwidths: list[float],
         permutations: int, epsilon: float, seed: int) -> pd.DataFrame:
     """nHSIC(T_l; X) with X = the first captured layer (layer 0, the reference's input proxy) and nHSIC(T_l; Y),
-    per set, site, layer and bandwidth, with the permutation null of the latter."""
+    per set, site, layer and bandwidth, with the permutation null of the latter (the same label draws for every
+    site, layer and bandwidth of a set)."""
     if layers[0] != 0:
         raise ValueError("mutual information needs layer 0 among the captured layers (its input proxy)")
     out = []
     for dataset in sets:
-        r_y = resolvent(label_kernel(dataset.labels), epsilon)
         key = derive_seed(seed, "nhsic", *sorted(dataset.condition.items()))
-        for site in SITES:
+        null_y = null_labels(dataset.labels, dataset.groups, permutations, key)
+        rows = []
+        for site in dataset.sites:
             acts = sites[site][dataset.rows]
             for bandwidth in bandwidths:
                 r_x = resolvent(rbf(acts[:, 0], bandwidth), epsilon)
                 for slot, layer in enumerate(layers):
                     r_t = resolvent(rbf(acts[:, slot], bandwidth), epsilon)
-                    ty = nhsic(r_t, r_y)
-                    null = permutation_null(r_t, r_y, permutations, key)
-                    out.append({**dataset.condition, "site": site, "layer": int(layer), "bandwidth": bandwidth,
-                                "n": len(dataset.labels), "nhsic_tx": nhsic(r_t, r_x), "nhsic_ty": ty,
-                                "nhsic_ty_null_mean": null.mean(),
-                                "nhsic_ty_p": (1 + np.sum(null >= ty)) / (1 + permutations)})
+                    ty = label_nhsic(r_t, dataset.labels, epsilon)[0]
+                    null = label_nhsic(r_t, null_y, epsilon)
+                    rows.append({**dataset.condition, "site": site, "layer": int(layer), "bandwidth": bandwidth,
+                                 "n": len(dataset.labels), "n_groups": len(np.unique(dataset.groups)),
+                                 "nhsic_tx": nhsic(r_t, r_x), "nhsic_ty": ty, "nhsic_ty_null_mean": null.mean(),
+                                 "nhsic_ty_p": (1 + np.sum(null >= ty - 1e-9 * abs(ty))) / (1 + permutations)})
+        adjusted = multipletests([r["nhsic_ty_p"] for r in rows], method="holm")[1]
+        out += [{**r, "nhsic_ty_p_adjusted": p} for r, p in zip(rows, adjusted)]
     table = pd.DataFrame(out)
     return table.reindex(columns=[*CONDITION_COLUMNS, *[c for c in table if c not in CONDITION_COLUMNS]])
 

@@ -51,6 +51,8 @@ def probes_accuracy(table: pd.DataFrame, stem) -> None:
         rows = table[(table.experiment == experiment) & (table.task == task) & (table.perturbation == perturbation)]
         for c, site in enumerate(sites):
             ax, here = axes[r, c], rows[rows.site == site]
+            if here.empty:  # which sentence: probed at the answer position only (probes.datasets)
+                ax.text(0.5, 0.5, "not probed here", ha="center", va="center", transform=ax.transAxes, fontsize=6)
             for label, colour, level in _by_level(here[here.features == "linear"], perturbation):
                 ax.plot(level.layer, level.accuracy, color=colour, lw=1.2, label=label)
                 norm = here[(here.features == "norm") & (here.level == level.level.iloc[0])].sort_values("layer")

@@ -7,7 +7,8 @@ Labelled sets per experiment and condition (`datasets`):
 - ``dropout_vs_noise``: dropout rows against noise rows at the same rank of their grids (zero-shot grids are
   matched by rank, as the paper's are); rank 0 is the clean pass for both when the grids start at 0.
 Strength 0 is kept everywhere as the baseline where nothing can be decoded. Each set is probed at every captured
-layer and site with a scikit-learn logistic regression (standardised on training folds only) in stratified
+layer and at its sites (``which_sentence`` at the answer position only: the span sites read the perturbed
+sentence's own tokens, so there the label is also the span's position, decodable with nothing perturbed) with a scikit-learn logistic regression (standardised on training folds only) in stratified
 folds grouped by sentence, so that no sentence is on both sides of a split (the reference code's leak). Baselines
 on the same folds: the activation norm alone (dropout rescales survivors and noise adds variance, so the norm is
 a shortcut a linear probe could ride), and shuffled labels.
@@ -38,12 +39,14 @@ CONDITION_COLUMNS = ("experiment", "task", "perturbation", "strength", "level", 
 
 @dataclass(frozen=True)
 class Dataset:
-    """One labelled set: rows of the activation arrays, binary labels, groups (sentences) and its condition."""
+    """One labelled set: rows of the activation arrays, binary labels, groups (sentences), its condition and the
+    sites where the labels mean what they say."""
 
     condition: dict
     rows: np.ndarray
     labels: np.ndarray
     groups: np.ndarray
+    sites: tuple[str, ...] = SITES
 
 
 def join(keys: dict, trials: pd.DataFrame) -> pd.DataFrame:
@@ -68,9 +71,10 @@ def _strengths(meta: pd.DataFrame, kind: str) -> list[float]:
     return ([0.0] if (meta.perturbation == CLEAN).any() else []) + values
 
 
-def _make(condition, parts: list[tuple[pd.DataFrame, int]]) -> Dataset:
+def _make(condition, parts: list[tuple[pd.DataFrame, int]], sites: tuple[str, ...] = SITES) -> Dataset:
     frame = pd.concat([part.assign(label=label) for part, label in parts], ignore_index=True)
-    return Dataset(condition, frame.row.to_numpy(), frame.label.to_numpy(), frame.sentence_id.astype(str).to_numpy())
+    return Dataset(condition, frame.row.to_numpy(), frame.label.to_numpy(), frame.sentence_id.astype(str).to_numpy(),
+                   sites)
 
 
 def datasets(meta: pd.DataFrame, experiment: str, letters: tuple[str, str] = ("A", "B")) -> list[Dataset]:
@@ -88,7 +92,8 @@ def datasets(meta: pd.DataFrame, experiment: str, letters: tuple[str, str] = ("A
                                    [(rows, 1), (clean[clean.trial_id.isin(rows.trial_id)], 0)]))
             if experiment == "localization":
                 found.append(_make({**condition, "task": "which_sentence"},
-                                   [(rows[rows.target == letters[0]], 0), (rows[rows.target == letters[1]], 1)]))
+                                   [(rows[rows.target == letters[0]], 0), (rows[rows.target == letters[1]], 1)],
+                                   sites=("answer",)))
     for level in range(min(len(ranks["dropout"]), len(ranks["noise"]))):
         dropout, noise = ranks["dropout"][level], ranks["noise"][level]
         condition = {"experiment": experiment, "task": "dropout_vs_noise", "perturbation": "matched", "level": level,
@@ -142,7 +147,7 @@ def run(sites: dict[str, np.ndarray], layers: np.ndarray, sets: list[Dataset], f
         y, groups = dataset.labels, dataset.groups
         key = derive_seed(seed, "probes", *sorted(dataset.condition.items()))
         shuffled = np.random.default_rng(key).permutation(y)
-        for site in SITES:
+        for site in dataset.sites:
             for slot, layer in enumerate(layers):
                 X = sites[site][dataset.rows, slot]
                 inputs = {"linear": (X, y), "norm": (np.linalg.norm(X, axis=1, keepdims=True), y), "shuffled": (X, shuffled)}

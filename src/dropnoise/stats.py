@@ -30,6 +30,18 @@ Tables (each a function below; columns in order):
     accuracy_correct, accuracy_other, difference, b, c, odds_ratio, or_low, or_high, p_value, p_adjusted
     (across the cells of a panel), significant, test.
 
+`discrimination`: zero-shot, does the model tell dropout from noise, or only favour one word?
+    Per alias and matched grid rank (the rank-th dropout strength against the rank-th noise strength, as the probes
+    match them): the recall of each class and their mean, the balanced accuracy. In the paper's single-class runs
+    a model that always answers "dropout" has recall 1 in every dropout cell of `condition_tests`; here it scores
+    balanced accuracy 1/2. Test: Fisher's exact test of said-"dropout" against the true class (two-sided), i.e.
+    balanced accuracy = 1/2 (said "dropout": the answer is the dropout option's letter). Per alias (rank = "all"):
+    logit P(said "dropout") = b0 + b1 * [dropout] + rank effects, standard errors clustered by sentence.
+    Columns: model, experiment, family, alias, rank, dropout_strength, noise_strength, n_dropout, n_noise,
+    recall_dropout, recall_noise, balanced_accuracy, said_dropout (share of all answers), odds_ratio, or_low,
+    or_high, p_value, test, note, p_adjusted (per rank: Holm/BH over the ranks of an alias; pooled: over the
+    aliases of a model), significant.
+
 `alias_controls`: zero- and few-shot, does the canonical label pair beat each control pair?
     The same base trials under the canonical alias and under a control alias (few-shot: correct labels),
     pooled over strengths and both classes: a paired logistic model, logit P(correct) = b0 + b1 * [canonical],
@@ -47,9 +59,9 @@ import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 import statsmodels.formula.api as smf
-from scipy.stats import binomtest
+from scipy.stats import binomtest, fisher_exact
 from scipy.stats import t as t_dist
-from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.contingency_tables import Table2x2, mcnemar
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
@@ -100,13 +112,13 @@ def clustered_logit(data: pd.DataFrame, formula: str, term: str, groups: str) ->
     outcome = formula.split("~")[0].strip()
     empty = {"estimate": np.nan, "low": np.nan, "high": np.nan, "p_value": np.nan, "statistic": np.nan, "df": np.nan}
     if data[outcome].nunique() < 2:
-        return {**empty, "note": "no variation in correctness"}
+        return {**empty, "note": "no variation in the outcome"}
     if data[groups].nunique() < 2:
         return {**empty, "note": "fewer than two clusters"}
     by_cluster = data.groupby(groups)
     if by_cluster[outcome].nunique().max() < 2 and by_cluster[term].nunique().max() > 1:
         # every cluster answers the same at every value of the term: the clustered standard error collapses to 0
-        return {**empty, "note": "correctness constant within every cluster: no within-cluster information"}
+        return {**empty, "note": "outcome constant within every cluster: no within-cluster information"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -213,6 +225,57 @@ def alias_controls(trials: pd.DataFrame, experiment: str, groups: dict[str, str]
     return _order(adjust(table, panel, alpha, method), panel + ["canonical", "alias", "group"])
 
 
+def discrimination(trials: pd.DataFrame, rule: str = "primary", alpha: float = 0.05, method: str = "holm") -> pd.DataFrame:
+    """Zero-shot balanced accuracy per alias and matched grid rank, tested by Fisher's exact test (module doc)."""
+    letters = sorted(c.removeprefix("logit_") for c in trials if c.startswith("logit_"))
+    is_dropout = trials["perturbation"] == "dropout"
+    other = trials["answer"].map(lambda letter: next(x for x in letters if x != letter))
+    data = trials.assign(dropout=is_dropout.astype(int),
+                         said=(trials[f"pred_{rule}"] == trials["answer"].where(is_dropout, other)).astype(int))
+    panel = ["model", "experiment", "alias"]
+    cells, pooled = [], []
+    for key, group in data.groupby(panel, sort=True):
+        grids = [sorted(group.loc[group.perturbation == kind, "strength"].unique()) for kind in ("dropout", "noise")]
+        ranked = []
+        for rank, strengths in enumerate(zip(*grids)):
+            cell = pd.concat([group[(group.perturbation == kind) & (group.strength == s)]
+                              for kind, s in zip(("dropout", "noise"), strengths)]).assign(rank=rank)
+            ranked.append(cell)
+            cells.append({**dict(zip(panel, key)), "rank": rank, "dropout_strength": strengths[0],
+                          "noise_strength": strengths[1], **_balanced(cell), **_fisher(cell)})
+        if ranked:
+            both = pd.concat(ranked)
+            fit = clustered_logit(both, "said ~ dropout + C(rank)" if len(ranked) > 1 else "said ~ dropout", "dropout",
+                                  "sentence_id")
+            pooled.append({**dict(zip(panel, key)), "rank": "all", "dropout_strength": "all", "noise_strength": "all",
+                           **_balanced(both), "odds_ratio": np.exp(fit["estimate"]), "or_low": np.exp(fit["low"]),
+                           "or_high": np.exp(fit["high"]), "p_value": fit["p_value"],
+                           "test": "logistic with rank effects, SE clustered by sentence", "note": fit["note"]})
+    if not cells:
+        return pd.DataFrame()
+    table = pd.concat([adjust(pd.DataFrame(cells), panel, alpha, method),
+                       adjust(pd.DataFrame(pooled), ["model", "experiment"], alpha, method)])
+    return _order(table.reset_index(drop=True), [*panel, "rank", "dropout_strength", "noise_strength"])
+
+
+def _balanced(cell: pd.DataFrame) -> dict:
+    recall = cell.groupby("dropout")["said"].mean()  # P(said "dropout") per class
+    recall_dropout, recall_noise = recall.get(1, np.nan), 1 - recall.get(0, np.nan)
+    return {"n_dropout": int(cell["dropout"].sum()), "n_noise": int((1 - cell["dropout"]).sum()),
+            "recall_dropout": recall_dropout, "recall_noise": recall_noise,
+            "balanced_accuracy": (recall_dropout + recall_noise) / 2, "said_dropout": cell["said"].mean()}
+
+
+def _fisher(cell: pd.DataFrame) -> dict:
+    """Fisher's exact test of said "dropout" x true class; the odds ratio with its Woolf 95% interval (0.5 added
+    to every cell when one is empty, so that a class answered one way throughout still gets finite bounds)."""
+    table = pd.crosstab(cell["dropout"], cell["said"]).reindex(index=[1, 0], columns=[1, 0], fill_value=0).to_numpy()
+    odds = Table2x2(table + 0.5 * (table == 0).any())
+    low, high = odds.oddsratio_confint()
+    return {"odds_ratio": odds.oddsratio, "or_low": low, "or_high": high, "p_value": fisher_exact(table).pvalue,
+            "test": "Fisher exact", "note": ""}
+
+
 def build(table: str, trials: pd.DataFrame, experiment: str, groups: dict[str, str], rule: str, alpha: float,
           correction: str) -> pd.DataFrame:
     """One of the tables above for one model x experiment (`groups`: alias -> group, for alias_controls)."""
@@ -222,6 +285,8 @@ def build(table: str, trials: pd.DataFrame, experiment: str, groups: dict[str, s
         return dose_response(trials, experiment, rule, alpha, correction)
     if table == "label_pairs":
         return label_pairs(trials, rule, alpha, correction)
+    if table == "discrimination":
+        return discrimination(trials, rule, alpha, correction)
     return alias_controls(trials, experiment, groups, rule, alpha, correction)
 
 

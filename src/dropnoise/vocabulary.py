@@ -21,5 +21,6 @@ STATS_TABLES = {
     "condition_tests": ("localization", "localization_control", "zero_shot", "few_shot"),
     "dose_response": ("localization", "localization_control", "zero_shot", "few_shot"),
     "label_pairs": ("few_shot",),
+    "discrimination": ("zero_shot",),
     "alias_controls": ("zero_shot", "few_shot"),
 }
