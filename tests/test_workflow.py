@@ -226,6 +226,7 @@ def check_probing_outputs(work, model, preset):
     probes = pd.read_csv(work / f"results/{model}/probes.csv")
     assert set(probes.task) == {"perturbed", "which_sentence", "dropout_vs_noise"}
     assert set(probes.site) == {"answer", "span_mean", "span_last"} and set(probes.features) == {"linear", "norm", "shuffled"}
+    assert set(probes.site[probes.task == "which_sentence"]) == {"answer"}  # a span's position would be its label
     assert set(probes.layer) == {0, 1}  # the tiny models' two layers
     assert probes.accuracy.between(0, 1).all() and (probes.accuracy_low <= probes.accuracy).all()
     # strength 0 of perturbed vs clean compares the clean pass with itself: nothing to decode
@@ -233,7 +234,7 @@ def check_probing_outputs(work, model, preset):
     assert len(baseline) and (baseline.auroc == 0.5).all()
     mi = pd.read_csv(work / f"results/{model}/mutual_information.csv")
     assert {"nhsic_tx", "nhsic_ty", "nhsic_ty_null_mean", "nhsic_ty_p", "probe_bound_bits"} <= set(mi.columns)
-    assert mi.probe_bound_bits.notna().all()
+    assert mi.probe_bound_bits.notna().all() and (mi.nhsic_ty_p_adjusted >= mi.nhsic_ty_p).all()
     assert (work / f"results/{model}/represented_vs_reported.csv").exists()
     check_steering(work, model, preset)
     for figure in ("probes_accuracy", "probes_represented_vs_reported", "mi_layers", "steering_dose_response"):

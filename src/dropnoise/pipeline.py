@@ -372,8 +372,8 @@ def mutual_information(config: dict, activations: dict[str, list[str]], trial_fi
             tables.append(mi.run(sites, layers, sets, settings["bandwidths"], settings["permutations"],
                                  settings["epsilon"], config["seed"]))
     table = pd.read_csv(io.StringIO(pd.concat(tables, ignore_index=True).to_csv(index=False)))  # as probes.csv reads
-    log.info("%d nHSIC rows; nHSIC(T;Y) above its permutation null at p <= 0.05 in %.0f%%, after Holm within each "
-             "labelled set in %.0f%%", len(table), 100 * (table.nhsic_ty_p <= 0.05).mean(),
+    log.info("%d nHSIC rows; nHSIC(T;Y) above its permutation null at p <= 0.05 in %.0f%%, adjusted within each "
+             "labelled set (min-p) in %.0f%%", len(table), 100 * (table.nhsic_ty_p <= 0.05).mean(),
              100 * (table.nhsic_ty_p_adjusted <= 0.05).mean())
     outputs.write_csv(mi.with_probe_bound(table, pd.read_csv(probe_file)), out)
 

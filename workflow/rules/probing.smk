@@ -27,6 +27,9 @@ if config["probes"]["enabled"]:
             "../../envs/probing.yaml"
         params:
             experiments=captured,
+            # the settings the script reads from the config, here so that editing them reruns the rule
+            settings=lambda wildcards: {k: config["probes"][k] for k in ("folds", "C")},
+            seed=config["seed"],
         resources:
             mem_mb=activation_mem_mb,
         script:
@@ -60,6 +63,8 @@ if config["probes"]["enabled"]:
             "../../envs/probing.yaml"
         params:
             experiments=captured,
+            settings=config["probes"]["mutual_information"],  # read from the config by the script, as for probes
+            seed=config["seed"],
         resources:
             mem_mb=activation_mem_mb,
         script:
