@@ -188,3 +188,15 @@ def test_discrimination_tells_a_word_preference_from_telling_the_classes_apart()
     assert cells.dropout_strength.tolist() == [0.0, 0.3, 0.6] and cells.noise_strength.tolist() == [0.0, 1.0, 2.0]
     pooled = table[table["rank"] == "all"].iloc[0]
     assert pooled.significant and pooled.or_low > 1 and pooled.n_dropout == pooled.n_noise == 180
+
+
+def test_condition_family_experiment_corrects_over_every_alias_curve():
+    rng = np.random.default_rng(3)
+    chance = {f"alias{i}": (lambda s: 0.5) for i in range(12)}
+    trials = zero_shot_trials(rng, {"dropout_noise": lambda s: 0.95, **chance}, n_sentences=30)
+    per_curve = stats.condition_tests(trials, "zero_shot")
+    whole = stats.condition_tests(trials, "zero_shot", family="experiment")
+    assert per_curve.family.nunique() == 13 * 2 * 3 and whole.family.nunique() == 3  # curves x rules; rules
+    assert (whole.p_adjusted >= per_curve.p_adjusted - 1e-12).all()
+    planted = whole[(whole.alias == "dropout_noise") & (whole.rule == "primary")]
+    assert planted.significant.all() and not whole[whole.alias != "dropout_noise"].significant.any()

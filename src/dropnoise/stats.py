@@ -11,8 +11,10 @@ Tables (each a function below; columns in order):
     Inputs: correct_{rule} per trial. Test: exact two-sided binomial test of accuracy = 1/2 (scipy binomtest).
     Columns: model, experiment, family, <condition columns>, rule, n, correct, accuracy, wilson_low/high (95%),
     cp_low/high (Clopper-Pearson 95%), p_value, p_adjusted, significant. p_adjusted is Holm (or BH, `correction`)
-    within the family = model x experiment x rule x every condition column except the strengths, i.e. over the
-    strengths of one curve (over the dropout x noise cells of one few-shot panel).
+    within the family `condition_family`: `curve` = model x experiment x rule x every condition column except the
+    strengths, i.e. over the strengths of one curve (over the dropout x noise cells of one few-shot panel), or
+    `experiment` = model x experiment x rule, over every curve at once (the confirmatory choice when many alias
+    curves ran: 50 curves corrected one by one leave about a 90% chance of some false "above chance" cell).
 
 `dose_response`: one row per model x experiment x curve (perturbation, alias, k, label condition).
     Formula: logit P(correct) = b0 + b1 * strength (statsmodels GLM, binomial family), standard errors clustered
@@ -134,7 +136,8 @@ def clustered_logit(data: pd.DataFrame, formula: str, term: str, groups: str) ->
             "statistic": fit.tvalues[term], "df": fit.df_resid_inference, "note": ""}
 
 
-def condition_tests(trials: pd.DataFrame, experiment: str, alpha: float = 0.05, method: str = "holm") -> pd.DataFrame:
+def condition_tests(trials: pd.DataFrame, experiment: str, alpha: float = 0.05, method: str = "holm",
+                    family: str = "curve") -> pd.DataFrame:
     conditions = ["model", "experiment", *CONDITIONS[experiment]]
     rows = []
     for key, group in trials.groupby(conditions, sort=True):
@@ -147,8 +150,11 @@ def condition_tests(trials: pd.DataFrame, experiment: str, alpha: float = 0.05, 
                 "wilson_low": wilson[0], "wilson_high": wilson[1], "cp_low": exact[0], "cp_high": exact[1],
                 "p_value": binomtest(k, n, CHANCE).pvalue,
             })
-    family = [c for c in conditions if c not in STRENGTH_COLUMNS] + ["rule"]
-    return _order(adjust(pd.DataFrame(rows), family, alpha, method), conditions)
+    if family == "curve":
+        columns = [c for c in conditions if c not in STRENGTH_COLUMNS] + ["rule"]
+    else:
+        columns = ["model", "experiment", "rule"]
+    return _order(adjust(pd.DataFrame(rows), columns, alpha, method), conditions)
 
 
 def dose_response(trials: pd.DataFrame, experiment: str, rule: str = "primary", alpha: float = 0.05,
@@ -277,10 +283,10 @@ def _fisher(cell: pd.DataFrame) -> dict:
 
 
 def build(table: str, trials: pd.DataFrame, experiment: str, groups: dict[str, str], rule: str, alpha: float,
-          correction: str) -> pd.DataFrame:
+          correction: str, condition_family: str) -> pd.DataFrame:
     """One of the tables above for one model x experiment (`groups`: alias -> group, for alias_controls)."""
     if table == "condition_tests":
-        return condition_tests(trials, experiment, alpha, correction)
+        return condition_tests(trials, experiment, alpha, correction, condition_family)
     if table == "dose_response":
         return dose_response(trials, experiment, rule, alpha, correction)
     if table == "label_pairs":

@@ -160,7 +160,8 @@ def provenance(wildcards):
     return (
         f"{model}Produced by the configuration {files} (hash ``{config_hash(config)}``): "
         f"models {', '.join(config['run']['models'])}; experiments {', '.join(config['run']['experiments'])}; "
-        f"scoring rule ``{stats['rule']}``; {stats['correction']} correction at alpha = {stats['alpha']}; "
+        f"scoring rule ``{stats['rule']}``; {stats['correction']} correction at alpha = {stats['alpha']} (condition tests "
+        f"by {stats['condition_family']}); "
         f"seed {config['seed']}. Per-trial data: ``results/{{model}}/{{experiment}}.csv``."
     )
 
