@@ -62,7 +62,7 @@ def test_nhsic_is_near_zero_for_independent_and_high_for_dependent_data():
     dependent = mi.nhsic(mi.resolvent(mi.rbf(dependent_X, 16.0), 1e-5), r_y)
     assert independent < 0.1 and dependent > 0.8
     null = mi.label_nhsic(mi.resolvent(mi.rbf(dependent_X, 16.0), 1e-5),
-                          mi.null_labels(y, np.arange(150), 50, seed=1), 1e-5)
+                          mi.null_labels(y, [np.arange(150)], 50, seed=1), 1e-5)
     assert null.max() < dependent and null.mean() == pytest.approx(independent, abs=0.1)
     r_x = mi.resolvent(mi.rbf(X, 16.0), 1e-5)
     assert mi.nhsic(r_x, r_x) > 5 * mi.nhsic(r_x, mi.resolvent(mi.rbf(rng.normal(size=(150, 10)), 16.0), 1e-5))
@@ -78,17 +78,28 @@ def test_label_nhsic_equals_the_trace_with_the_label_resolvent():
     assert mi.label_nhsic(r_t, np.ones(60, int), 1e-5)[0] == 0.0  # one label: no information
 
 
-def test_nhsic_null_moves_labels_within_a_sentence_or_whole_sentences_only():
-    # s0, s1: a perturbed and a clean row each; s2..s5: one label for all their rows (a zero-shot class)
+def test_nhsic_null_moves_labels_within_a_trial_or_whole_units_only():
+    # s0, s1: a trial's perturbed and clean row each; s2..s5: one label for all their trials (a zero-shot class)
     groups = np.array(["s0", "s0", "s1", "s1", "s2", "s2", "s2", "s3", "s4", "s4", "s5"])
+    trials = np.array(["t0", "t0", "t1", "t1", "t2", "t3", "t4", "t5", "t6", "t7", "t8"])
     labels = np.array([1, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0])
-    null = mi.null_labels(labels, groups, 200, seed=4)
+    null = mi.null_labels(labels, [trials, trials, groups], 200, seed=4)
     for p in range(200):
         column = pd.Series(null[:, p])
         assert (column.groupby(groups).sum()[["s0", "s1"]] == 1).all()
         assert (column.groupby(groups).nunique()[["s2", "s3", "s4", "s5"]] == 1).all()
         assert column.groupby(groups).first()[["s2", "s3", "s4", "s5"]].sum() == 2  # two sentences of each label
     assert len({tuple(null[:, p]) for p in range(200)}) == 4 * 6  # every arrangement the design allows, only those
+    # zero-shot: base trials b0 (dropout) and b1 (noise) share sentence s0, b2 and b3 have one each; each base
+    # trial is rendered under three aliases (three trials). Base trials keep their rows together.
+    bases = np.repeat(["b0", "b1", "b2", "b3"], 3)
+    sentences = np.repeat(["s0", "s0", "s1", "s2"], 3)
+    labels = np.repeat([0, 1, 0, 1], 3)
+    null = mi.null_labels(labels, [np.arange(12), bases, sentences], 100, seed=1)
+    arrangements = {tuple(null[:, p]) for p in range(100)}
+    assert len(arrangements) == 2 * 2  # b0 <-> b1 within s0, s1 <-> s2
+    for arrangement in map(np.array, arrangements):
+        assert pd.Series(arrangement).groupby(bases).nunique().eq(1).all() and arrangement[0] != arrangement[3]
 
 
 def test_nhsic_null_holds_its_level_when_a_sentence_has_several_rows():
@@ -105,7 +116,7 @@ def test_nhsic_null_holds_its_level_when_a_sentence_has_several_rows():
         r_t = mi.resolvent(mi.rbf(acts, 1.0), 1e-5)
         observed = mi.label_nhsic(r_t, labels, 1e-5)[0]
         for name, units in (("sentences", groups), ("rows", np.arange(80))):
-            null = mi.label_nhsic(r_t, mi.null_labels(labels, units, 99, seed), 1e-5)
+            null = mi.label_nhsic(r_t, mi.null_labels(labels, [units], 99, seed), 1e-5)
             rejections[name] += (1 + np.sum(null >= observed)) / 100 <= 0.05
     assert rejections["sentences"] / replications <= 0.15
     assert rejections["rows"] / replications >= 0.8
@@ -135,7 +146,7 @@ def test_datasets_pair_conditions_with_their_clean_rows_and_keep_strength_zero_a
     for kind, strength in [(CLEAN, 0.0), ("dropout", 0.5), ("noise", 2.0)]:
         for t in trials:
             rows.append({"trial_id": t, "perturbation": kind, "strength": strength, "sentence_id": f"s{t // 2}",
-                         "target": "AB"[t % 2]})
+                         "base_id": str(t), "target": "AB"[t % 2]})
     meta = pd.DataFrame(rows).assign(row=range(len(rows)))
     sets = {(d.condition["task"], d.condition["level"], d.condition["perturbation"]): d
             for d in probes.datasets(meta, "localization")}
@@ -157,7 +168,8 @@ def test_probe_table_on_planted_layers_and_represented_vs_reported():
     acts = np.stack([np.random.default_rng(9).normal(size=(n, 16)), X, X], axis=1)
     sites = dict.fromkeys(("answer", "span_mean", "span_last"), acts)
     dataset = probes.Dataset({"experiment": "localization", "task": "which_sentence", "perturbation": "dropout",
-                              "strength": 0.5, "level": 1, "dropout_strength": 0.5}, np.arange(n), y, groups)
+                              "strength": 0.5, "level": 1, "dropout_strength": 0.5}, np.arange(n), y, groups,
+                             np.stack([np.arange(n), np.arange(n)], axis=1).astype(str))
     table = probes.run(sites, np.array([0, 1, 2]), [dataset], folds=4, C=1.0, seed=0)
     linear = table[(table.features == "linear") & (table.site == "answer")].set_index("layer").accuracy
     assert linear[0] < 0.7 and linear[1] > 0.9

@@ -165,7 +165,7 @@ def answered_trials(rng, answer_dropout, n: int = 60) -> pd.DataFrame:
                 pred = dropout_letter if rng.random() < answer_dropout(kind, rank) else noise_letter
                 rows.append({"model": "m", "experiment": "zero_shot", "alias": "dropout_noise", "perturbation": kind,
                              "strength": strength, "base_id": f"{kind}-{base}", "sentence_id": f"s{base % 40}",
-                             "answer": answer, "logit_A": 0.0, "logit_B": 0.0, "pred_primary": pred,
+                             "answer": answer, "prob_A": 0.5, "prob_B": 0.5, "logit_diff": 0.0, "pred_primary": pred,
                              "correct_primary": pred == answer})
     return pd.DataFrame(rows)
 
@@ -179,6 +179,10 @@ def test_discrimination_tells_a_word_preference_from_telling_the_classes_apart()
     table = stats.discrimination(biased).set_index("rank")
     assert (table.balanced_accuracy == 0.5).all() and (table.recall_dropout == 1).all() and (table.said_dropout == 1).all()
     assert not table.significant.any() and (table.loc[[0, 1, 2], "p_value"] == 1).all()
+    # answers that are neither option (the argmax rule's OTHER) are left out and counted, not read as "noise"
+    other = biased.assign(pred_primary=biased.pred_primary.where(biased.base_id != "noise-0", "OTHER"))
+    table = stats.discrimination(other).set_index("rank")
+    assert (table.loc[[0, 1, 2], "n_no_option"] == 1).all() and (table.recall_noise == 0).all()
     # tells them apart from rank 1 on: 0.5, then 0.85 and 0.95 balanced accuracy
     told = {0: 0.5, 1: 0.85, 2: 0.95}
     table = stats.discrimination(answered_trials(rng, lambda kind, rank: told[rank] if kind == "dropout" else 1 - told[rank]))

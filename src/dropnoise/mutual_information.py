@@ -8,9 +8,9 @@ the bandwidth and on eps, hence the sweep (bandwidths in multiples of the median
 features) and, for I(T;Y), a label-permutation null. Labels get the delta kernel (1 when equal). The calibrated
 quantity is the probe bound H(Y) - CE in bits (probes.py), merged into the same table.
 
-The null permutes labels the way the design allows (`null_labels`): rows of one sentence are not independent (a
-trial's perturbed and clean rows, a zero-shot rendering under several aliases), so labels move within a sentence,
-or whole sentences trade labels, never single rows across sentences. Every site, layer and bandwidth of a
+The null permutes labels the way the design allows (`null_labels`): rows of one trial, base trial or sentence are
+not independent (a trial's perturbed and clean rows, a zero-shot base trial rendered under several aliases), so
+labels move within a trial, or whole base trials and sentences trade labels, never single rows across them. Every site, layer and bandwidth of a
 labelled set is tested on the same label draws, so the set's p-values are adjusted together by the Westfall-Young
 min-p method, which uses their strong correlation instead of paying for each test as Holm would.
 """
@@ -53,31 +53,50 @@ def label_nhsic(r_t: np.ndarray, labels: np.ndarray, epsilon: float) -> np.ndarr
     Sherman-Morrison R_Y = s a' / (eps m + a's) and tr(R_T R_Y) = a' R_T s / (eps m + a's). Every permutation of the
     null then costs one matrix-vector product instead of an m x m solve.
     """
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("label_nhsic takes 0/1 labels")
     y = labels.reshape(len(labels), -1).astype(float)
     s, a = 2 * y - 1, y - y.mean(axis=0)
     return np.einsum("ip,ip->p", a, r_t @ s) / (epsilon * len(y) + np.einsum("ip,ip->p", a, s))
 
 
-def null_labels(labels: np.ndarray, groups: np.ndarray, permutations: int, seed: int) -> np.ndarray:
+def _blocks_with_both(blocks: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per item: whether its block holds both labels."""
+    return pd.Series(labels).groupby(blocks).transform("nunique").to_numpy() > 1
+
+
+def null_labels(labels: np.ndarray, units: list[np.ndarray], permutations: int, seed: int) -> np.ndarray:
     """[m, permutations] label vectors under the null the design supports.
 
-    In a sentence whose rows carry both labels (a trial's perturbed and clean rows), the labels are shuffled among
-    its rows; sentences whose rows all carry one label (a zero-shot class, one rendering under several aliases)
-    trade labels as wholes. Shuffling single rows across sentences would count a sentence's rows as independent
-    evidence and make the null far too narrow.
+    `units`: each row's keys from the finest unit to the coarsest (a trial, its base trial, its sentence). Rows of
+    a finest unit that carries both labels (a trial's perturbed and clean rows) trade labels among themselves; a
+    unit that carries one label trades it, as a whole, with the other units of its next-coarser unit, where those
+    carry both labels (two base trials of one sentence); what carries one label up to the coarsest unit trades
+    among all such. Shuffling single rows instead would count a unit's repeated rows (a rendering under several
+    aliases) as independent evidence and make the null far too narrow.
     """
-    codes = pd.factorize(groups)[0]
-    mixed = pd.Series(labels).groupby(codes).nunique().to_numpy()[codes] > 1
-    rows = np.flatnonzero(mixed)
-    by_sentence = rows[np.argsort(codes[rows], kind="stable")]
-    whole = np.unique(codes[~mixed])
-    whole_labels = pd.Series(labels).groupby(codes).first().to_numpy()[whole]
-    slot = np.searchsorted(whole, codes[~mixed])  # each single-label row's sentence, as its place in `whole`
+    labels = np.asarray(labels)
+    codes = [pd.factorize(np.asarray(key), use_na_sentinel=False)[0] for key in units]
+    steps = []  # (rows, each row's item, item labels, item blocks): items trade labels within their block
+    rows = np.arange(len(labels))
+    mixed = _blocks_with_both(codes[0], labels)
+    steps.append((rows[mixed], np.arange(mixed.sum()), labels[mixed], codes[0][mixed]))
+    rows, item = rows[~mixed], codes[0][~mixed]  # the rest: finest units with one label
+    for level in [*codes[1:], np.zeros(len(labels), int)]:  # the last level: one block of everything left
+        item = pd.factorize(item)[0]
+        item_label = pd.Series(labels[rows]).groupby(item).first().to_numpy()
+        item_block = pd.Series(level[rows]).groupby(item).first().to_numpy()
+        both = _blocks_with_both(item_block, item_label)
+        steps.append((rows[both[item]], pd.factorize(item[both[item]])[0], item_label[both], item_block[both]))
+        keep = ~both[item]
+        rows, item = rows[keep], item_block[item[keep]]  # units with one label merge into their coarser unit
     rng = np.random.default_rng(seed)
-    out = np.empty((len(labels), permutations), dtype=labels.dtype)
+    out = np.repeat(labels[:, None], permutations, axis=1)
     for p in range(permutations):
-        out[~mixed, p] = rng.permutation(whole_labels)[slot]
-        out[by_sentence, p] = labels[rows[np.lexsort((rng.random(len(rows)), codes[rows]))]]
+        for step_rows, step_item, item_label, item_block in steps:
+            shuffled = np.empty_like(item_label)
+            shuffled[np.argsort(item_block, kind="stable")] = item_label[np.lexsort((rng.random(len(item_label)), item_block))]
+            out[step_rows, p] = shuffled[step_item]
     return out
 
 
@@ -106,7 +125,7 @@ def run(sites: dict[str, np.ndarray], layers: np.ndarray, sets: list[Dataset], b
     out = []
     for dataset in sets:
         key = derive_seed(seed, "nhsic", *sorted(dataset.condition.items()))
-        null_y = null_labels(dataset.labels, dataset.groups, permutations, key)
+        null_y = null_labels(dataset.labels, [*dataset.units.T, dataset.groups], permutations, key)
         rows, observed, nulls = [], [], []
         for site in dataset.sites:
             acts = sites[site][dataset.rows]

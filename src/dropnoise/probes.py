@@ -39,13 +39,15 @@ CONDITION_COLUMNS = ("experiment", "task", "perturbation", "strength", "level", 
 
 @dataclass(frozen=True)
 class Dataset:
-    """One labelled set: rows of the activation arrays, binary labels, groups (sentences), its condition and the
-    sites where the labels mean what they say."""
+    """One labelled set: rows of the activation arrays, binary labels, groups (sentences), each row's trial and base
+    trial ([rows, 2], the finer units of the design), its condition and the sites where the labels mean what they
+    say."""
 
     condition: dict
     rows: np.ndarray
     labels: np.ndarray
     groups: np.ndarray
+    units: np.ndarray
     sites: tuple[str, ...] = SITES
 
 
@@ -74,7 +76,7 @@ def _strengths(meta: pd.DataFrame, kind: str) -> list[float]:
 def _make(condition, parts: list[tuple[pd.DataFrame, int]], sites: tuple[str, ...] = SITES) -> Dataset:
     frame = pd.concat([part.assign(label=label) for part, label in parts], ignore_index=True)
     return Dataset(condition, frame.row.to_numpy(), frame.label.to_numpy(), frame.sentence_id.astype(str).to_numpy(),
-                   sites)
+                   frame[["trial_id", "base_id"]].astype(str).to_numpy(), sites)
 
 
 def datasets(meta: pd.DataFrame, experiment: str, letters: tuple[str, str] = ("A", "B")) -> list[Dataset]:

@@ -33,16 +33,18 @@ Tables (each a function below; columns in order):
     (across the cells of a panel), significant, test.
 
 `discrimination`: zero-shot, does the model tell dropout from noise, or only favour one word?
-    Per alias and matched grid rank (the rank-th dropout strength against the rank-th noise strength, as the probes
-    match them): the recall of each class and their mean, the balanced accuracy. In the paper's single-class runs
+    Per alias and matched grid rank (the rank-th dropout strength against the rank-th noise strength; the probes'
+    dropout-vs-noise sets pair the same strengths, numbered from the clean pass where it ran): the recall of each
+    class and their mean, the balanced accuracy. In the paper's single-class runs
     a model that always answers "dropout" has recall 1 in every dropout cell of `condition_tests`; here it scores
     balanced accuracy 1/2. Test: Fisher's exact test of said-"dropout" against the true class (two-sided), i.e.
-    balanced accuracy = 1/2 (said "dropout": the answer is the dropout option's letter). Per alias (rank = "all"):
+    balanced accuracy = 1/2 (said "dropout": the answer is the dropout option's letter; answers that are neither
+    option, possible under the argmax rule, are left out and counted in n_no_option). Per alias (rank = "all"):
     logit P(said "dropout") = b0 + b1 * [dropout] + rank effects, standard errors clustered by sentence.
     Columns: model, experiment, family, alias, rank, dropout_strength, noise_strength, n_dropout, n_noise,
-    recall_dropout, recall_noise, balanced_accuracy, said_dropout (share of all answers), odds_ratio, or_low,
-    or_high, p_value, test, note, p_adjusted (per rank: Holm/BH over the ranks of an alias; pooled: over the
-    aliases of a model), significant.
+    n_no_option, recall_dropout, recall_noise, balanced_accuracy, said_dropout (share of the answers), odds_ratio,
+    or_low, or_high, p_value, test, note, p_adjusted (per rank: over the ranks of an alias, or over every alias and
+    rank of a model with `condition_family: experiment`; pooled: over the aliases of a model), significant.
 
 `alias_controls`: zero- and few-shot, does the canonical label pair beat each control pair?
     The same base trials under the canonical alias and under a control alias (few-shot: correct labels),
@@ -231,13 +233,17 @@ def alias_controls(trials: pd.DataFrame, experiment: str, groups: dict[str, str]
     return _order(adjust(table, panel, alpha, method), panel + ["canonical", "alias", "group"])
 
 
-def discrimination(trials: pd.DataFrame, rule: str = "primary", alpha: float = 0.05, method: str = "holm") -> pd.DataFrame:
+def discrimination(trials: pd.DataFrame, rule: str = "primary", alpha: float = 0.05, method: str = "holm",
+                   family: str = "curve") -> pd.DataFrame:
     """Zero-shot balanced accuracy per alias and matched grid rank, tested by Fisher's exact test (module doc)."""
-    letters = sorted(c.removeprefix("logit_") for c in trials if c.startswith("logit_"))
+    letters = [c.removeprefix("prob_") for c in trials if c.startswith("prob_")]  # one prob_ column per option
+    if len(letters) != 2:
+        raise ValueError(f"discrimination compares two options; the trial table has {letters}")
+    answer, pred = trials["answer"].astype(str), trials[f"pred_{rule}"].astype(str)
     is_dropout = trials["perturbation"] == "dropout"
-    other = trials["answer"].map(lambda letter: next(x for x in letters if x != letter))
-    data = trials.assign(dropout=is_dropout.astype(int),
-                         said=(trials[f"pred_{rule}"] == trials["answer"].where(is_dropout, other)).astype(int))
+    dropout_letter = answer.where(is_dropout, answer.map({letters[0]: letters[1], letters[1]: letters[0]}))
+    on_option = pred.isin(letters)
+    data = trials.assign(dropout=is_dropout.astype(int), said=(pred == dropout_letter).astype(int))
     panel = ["model", "experiment", "alias"]
     cells, pooled = [], []
     for key, group in data.groupby(panel, sort=True):
@@ -246,20 +252,23 @@ def discrimination(trials: pd.DataFrame, rule: str = "primary", alpha: float = 0
         for rank, strengths in enumerate(zip(*grids)):
             cell = pd.concat([group[(group.perturbation == kind) & (group.strength == s)]
                               for kind, s in zip(("dropout", "noise"), strengths)]).assign(rank=rank)
-            ranked.append(cell)
+            answered = cell[on_option[cell.index]]
+            ranked.append(answered)
             cells.append({**dict(zip(panel, key)), "rank": rank, "dropout_strength": strengths[0],
-                          "noise_strength": strengths[1], **_balanced(cell), **_fisher(cell)})
+                          "noise_strength": strengths[1], "n_no_option": len(cell) - len(answered),
+                          **_balanced(answered), **_fisher(answered)})
         if ranked:
             both = pd.concat(ranked)
             fit = clustered_logit(both, "said ~ dropout + C(rank)" if len(ranked) > 1 else "said ~ dropout", "dropout",
                                   "sentence_id")
             pooled.append({**dict(zip(panel, key)), "rank": "all", "dropout_strength": "all", "noise_strength": "all",
-                           **_balanced(both), "odds_ratio": np.exp(fit["estimate"]), "or_low": np.exp(fit["low"]),
+                           "n_no_option": sum(c["n_no_option"] for c in cells[-len(ranked):]), **_balanced(both), "odds_ratio": np.exp(fit["estimate"]), "or_low": np.exp(fit["low"]),
                            "or_high": np.exp(fit["high"]), "p_value": fit["p_value"],
                            "test": "logistic with rank effects, SE clustered by sentence", "note": fit["note"]})
     if not cells:
         return pd.DataFrame()
-    table = pd.concat([adjust(pd.DataFrame(cells), panel, alpha, method),
+    per_rank = panel if family == "curve" else ["model", "experiment"]
+    table = pd.concat([adjust(pd.DataFrame(cells), per_rank, alpha, method),
                        adjust(pd.DataFrame(pooled), ["model", "experiment"], alpha, method)])
     return _order(table.reset_index(drop=True), [*panel, "rank", "dropout_strength", "noise_strength"])
 
@@ -292,7 +301,7 @@ def build(table: str, trials: pd.DataFrame, experiment: str, groups: dict[str, s
     if table == "label_pairs":
         return label_pairs(trials, rule, alpha, correction)
     if table == "discrimination":
-        return discrimination(trials, rule, alpha, correction)
+        return discrimination(trials, rule, alpha, correction, condition_family)
     return alias_controls(trials, experiment, groups, rule, alpha, correction)
 
 
