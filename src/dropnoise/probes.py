@@ -7,11 +7,12 @@ Labelled sets per experiment and condition (`datasets`):
 - ``dropout_vs_noise``: dropout rows against noise rows at the same rank of their grids (zero-shot grids are
   matched by rank, as the paper's are); rank 0 is the clean pass for both when the grids start at 0.
 Strength 0 is kept everywhere as the baseline where nothing can be decoded. Each set is probed at every captured
-layer and at its sites (``which_sentence`` at the answer position only: the span sites read the perturbed
-sentence's own tokens, so there the label is also the span's position, decodable with nothing perturbed) with a scikit-learn logistic regression (standardised on training folds only) in stratified
-folds grouped by sentence, so that no sentence is on both sides of a split (the reference code's leak). Baselines
-on the same folds: the activation norm alone (dropout rescales survivors and noise adds variance, so the norm is
-a shortcut a linear probe could ride), and shuffled labels.
+layer and at its sites (``which_sentence`` at the answer position only: the span sites read the perturbed sentence's
+own tokens, so there the label is also the span's position, decodable with nothing perturbed) with a scikit-learn
+logistic regression (standardised on training folds only) in stratified folds grouped by sentence, so that no
+sentence is on both sides of a split (the reference code's leak). Baselines on the same folds: the activation norm
+alone (dropout rescales survivors and noise adds variance, so the norm is a shortcut a linear probe could ride), and
+labels shuffled within the design (label_permutations.null_labels).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from sklearn.preprocessing import StandardScaler
 from statsmodels.stats.proportion import proportion_confint
 
 from .activations import CLEAN, SITES
+from .label_permutations import null_labels
 from .vocabulary import PERTURBATIONS, derive_seed
 
 FEATURES = ("linear", "norm", "shuffled")
@@ -148,7 +150,7 @@ def run(sites: dict[str, np.ndarray], layers: np.ndarray, sets: list[Dataset], f
     for dataset in sets:
         y, groups = dataset.labels, dataset.groups
         key = derive_seed(seed, "probes", *sorted(dataset.condition.items()))
-        shuffled = np.random.default_rng(key).permutation(y)
+        shuffled = null_labels(y, [*dataset.units.T, groups], 1, key)[:, 0]  # as the design could have drawn them
         for site in dataset.sites:
             for slot, layer in enumerate(layers):
                 X = sites[site][dataset.rows, slot]
