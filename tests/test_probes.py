@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from statsmodels.stats.proportion import proportion_confint
 
 from dropnoise import mutual_information as mi
 from dropnoise import probes
@@ -23,7 +24,7 @@ def planted(n=240, d=40, separation=4.0, seed=0):
 
 def test_probe_recovers_a_planted_linear_signal():
     X, y, groups = planted()
-    result = probes.scores(y, probes.out_of_fold(probes.probe(1.0), X, y, groups, folds=5, seed=1))
+    result = probes.scores(y, probes.out_of_fold(probes.probe(1.0), X, y, groups, folds=5, seed=1), groups)
     assert result["accuracy"] > 0.9 and result["auroc"] > 0.95 and result["accuracy_low"] > 0.8
     assert 0 < result["mi_lower_bound_bits"] <= result["label_entropy_bits"] == pytest.approx(1.0)
 
@@ -31,10 +32,27 @@ def test_probe_recovers_a_planted_linear_signal():
 def test_probe_stays_at_chance_on_shuffled_labels():
     X, y, groups = planted()
     shuffled = np.random.default_rng(5).permutation(y)
-    result = probes.scores(shuffled, probes.out_of_fold(probes.probe(1.0), X, shuffled, groups, folds=5, seed=1))
+    result = probes.scores(shuffled, probes.out_of_fold(probes.probe(1.0), X, shuffled, groups, folds=5, seed=1),
+                          groups)
     assert result["accuracy_low"] < 0.5 < result["accuracy_high"]
     assert result["auroc_low"] < 0.5 < result["auroc_high"]
     assert result["mi_lower_bound_bits"] < 0.05
+
+
+def test_probe_intervals_widen_by_the_design_effect_of_repeated_sentences():
+    rng = np.random.default_rng(6)
+    y = rng.integers(0, 2, 60)
+    proba = np.where(rng.random(60) < 0.8, y, 1 - y).astype(float)  # 80% right
+    alone = probes.scores(y, proba, np.arange(60).astype(str))
+    assert alone["design_effect"] == 1.0
+    assert (alone["accuracy_low"], alone["accuracy_high"]) == pytest.approx(
+        proportion_confint(int(((proba > 0.5) == y).sum()), 60, method="wilson"))
+    # every sentence four times over (its renderings): the same accuracy, known from 60 sentences, not 240 rows
+    repeated = probes.scores(np.repeat(y, 4), np.repeat(proba, 4), np.repeat(np.arange(60), 4).astype(str))
+    assert repeated["accuracy"] == alone["accuracy"] and repeated["design_effect"] == pytest.approx(4)
+    width = lambda r: r["accuracy_high"] - r["accuracy_low"]  # noqa: E731
+    assert width(repeated) == pytest.approx(width(alone), rel=0.02)
+    assert width(repeated) > 1.9 * width(probes.scores(np.repeat(y, 4), np.repeat(proba, 4), np.arange(240)))
 
 
 def test_norm_baseline_sees_a_scale_shortcut_that_the_mean_direction_lacks():
@@ -43,7 +61,7 @@ def test_norm_baseline_sees_a_scale_shortcut_that_the_mean_direction_lacks():
     X = rng.normal(size=(200, 30)) * np.where(y == 1, 1.6, 1.0)[:, None]  # noise-like: more variance, same mean
     groups = np.repeat(np.arange(50), 4)
     norm = np.linalg.norm(X, axis=1, keepdims=True)
-    assert probes.scores(y, probes.out_of_fold(probes.probe(1.0), norm, y, groups, 5, 1))["accuracy"] > 0.85
+    assert probes.scores(y, probes.out_of_fold(probes.probe(1.0), norm, y, groups, 5, 1), groups)["accuracy"] > 0.85
 
 
 def delta_resolvent(y, epsilon=1e-5):

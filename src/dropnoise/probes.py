@@ -123,24 +123,40 @@ def out_of_fold(estimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray, fol
     return proba
 
 
-def auroc_interval(auc: float, n_pos: int, n_neg: int) -> tuple[float, float]:
+def design_effect(correct: np.ndarray, groups: np.ndarray) -> float:
+    """Kish's design effect of a proportion whose rows come in clusters (sentences): the cluster-robust (sandwich)
+    variance of the mean over the binomial one, at least 1 (and 1 where either is undefined: one cluster, or every
+    row alike). One row per cluster gives exactly 1; every cluster k identical rows, exactly k."""
+    n, p = len(correct), correct.mean()
+    totals = pd.DataFrame({"correct": correct, "group": groups}).groupby("group").correct.agg(["sum", "count"])
+    clusters, binomial = len(totals), p * (1 - p) / n
+    if clusters < 2 or binomial == 0:
+        return 1.0
+    robust = ((totals["sum"] - p * totals["count"]) ** 2).sum() / n**2
+    return max(1.0, robust / binomial)
+
+
+def auroc_interval(auc: float, n_pos: float, n_neg: float) -> tuple[float, float]:
     """95% interval of an AUROC from its Hanley-McNeil (1982) standard error."""
     q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
     se = np.sqrt((auc * (1 - auc) + (n_pos - 1) * (q1 - auc**2) + (n_neg - 1) * (q2 - auc**2)) / (n_pos * n_neg))
     return max(0.0, auc - 1.96 * se), min(1.0, auc + 1.96 * se)
 
 
-def scores(y: np.ndarray, proba: np.ndarray) -> dict:
+def scores(y: np.ndarray, proba: np.ndarray, groups: np.ndarray) -> dict:
     """Accuracy (95% Wilson interval), AUROC (95% Hanley-McNeil interval), and the cross-entropy bound
-    I(T;Y) >= H(Y) - CE in bits. Intervals treat rows as independent; rows of one sentence are not quite."""
-    correct = int(((proba > 0.5) == y).sum())
-    low, high = proportion_confint(correct, len(y), alpha=0.05, method="wilson")
+    I(T;Y) >= H(Y) - CE in bits. Rows of one sentence are not independent: both intervals use the effective
+    sample size n / deff, deff the design effect of the rows' correctness by sentence (for the AUROC, an
+    approximation: its own design effect is not estimated)."""
+    hits = (proba > 0.5) == y
+    deff = design_effect(hits, groups)
+    low, high = proportion_confint(hits.sum() / deff, len(y) / deff, alpha=0.05, method="wilson")
     auc = roc_auc_score(y, proba)
-    auc_low, auc_high = auroc_interval(auc, int(y.sum()), int((1 - y).sum()))
+    auc_low, auc_high = auroc_interval(auc, max(y.sum() / deff, 1.0), max((1 - y).sum() / deff, 1.0))
     entropy = stats.entropy(np.bincount(y, minlength=2), base=2)
     cross_entropy = log_loss(y, np.clip(proba, 1e-6, 1 - 1e-6), labels=[0, 1]) / np.log(2)
-    return {"n": len(y), "accuracy": correct / len(y), "accuracy_low": low, "accuracy_high": high, "auroc": auc,
-            "auroc_low": auc_low, "auroc_high": auc_high, "label_entropy_bits": entropy,
+    return {"n": len(y), "design_effect": deff, "accuracy": hits.mean(), "accuracy_low": low, "accuracy_high": high,
+            "auroc": auc, "auroc_low": auc_low, "auroc_high": auc_high, "label_entropy_bits": entropy,
             "cross_entropy_bits": cross_entropy, "mi_lower_bound_bits": entropy - cross_entropy}
 
 
@@ -158,7 +174,7 @@ def run(sites: dict[str, np.ndarray], layers: np.ndarray, sets: list[Dataset], f
                 for features, (values, labels) in inputs.items():
                     proba = out_of_fold(probe(C), values, labels, groups, folds, key)
                     out.append({**dataset.condition, "site": site, "layer": int(layer), "features": features,
-                                "n_groups": len(np.unique(groups)), **scores(labels, proba)})
+                                "n_groups": len(np.unique(groups)), **scores(labels, proba, groups)})
     table = pd.DataFrame(out)
     columns = [*CONDITION_COLUMNS, "site", "layer", "features"]
     return table.reindex(columns=[*columns, *[c for c in table if c not in columns]])
