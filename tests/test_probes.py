@@ -53,6 +53,10 @@ def test_probe_intervals_widen_by_the_design_effect_of_repeated_sentences():
     width = lambda r: r["accuracy_high"] - r["accuracy_low"]  # noqa: E731
     assert width(repeated) == pytest.approx(width(alone), rel=0.02)
     assert width(repeated) > 1.9 * width(probes.scores(np.repeat(y, 4), np.repeat(proba, 4), np.arange(240)))
+    # right on every row: the rows of a sentence agreeing is no independent evidence either
+    perfect = probes.scores(np.repeat(y, 4), np.repeat(y, 4).astype(float), np.repeat(np.arange(60), 4).astype(str))
+    assert perfect["design_effect"] == 4 and perfect["accuracy_low"] == pytest.approx(
+        proportion_confint(60, 60, method="wilson")[0])
 
 
 def test_norm_baseline_sees_a_scale_shortcut_that_the_mean_direction_lacks():
@@ -119,6 +123,8 @@ def test_nhsic_null_moves_labels_within_a_trial_or_whole_units_only():
     assert len(arrangements) == 2 * 2  # b0 <-> b1 within s0, s1 <-> s2
     for arrangement in map(np.array, arrangements):
         assert pd.Series(arrangement).groupby(bases).nunique().eq(1).all() and arrangement[0] != arrangement[3]
+    with pytest.raises(ValueError, match="do not nest"):  # a base trial split over two sentences
+        null_labels(labels, [np.arange(12), bases, np.array(["s0", "s0", "s1"] + ["s1"] * 3 + ["s2"] * 6)], 10, seed=1)
 
 
 def test_nhsic_null_holds_its_level_when_a_sentence_has_several_rows():

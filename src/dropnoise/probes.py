@@ -125,13 +125,15 @@ def out_of_fold(estimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray, fol
 
 def design_effect(correct: np.ndarray, groups: np.ndarray) -> float:
     """Kish's design effect of a proportion whose rows come in clusters (sentences): the cluster-robust (sandwich)
-    variance of the mean over the binomial one, at least 1 (and 1 where either is undefined: one cluster, or every
-    row alike). One row per cluster gives exactly 1; every cluster k identical rows, exactly k."""
+    variance of the mean over the binomial one, at least 1. One row per cluster gives exactly 1; every cluster k
+    identical rows, exactly k. Where the ratio is undefined (every row alike, or one cluster) it is the mean cluster
+    size, the most that repetition can cost: a probe right on every row has seen each sentence's rows agree, which
+    is no more evidence than one row per sentence."""
     n, p = len(correct), correct.mean()
     totals = pd.DataFrame({"correct": correct, "group": groups}).groupby("group").correct.agg(["sum", "count"])
     clusters, binomial = len(totals), p * (1 - p) / n
     if clusters < 2 or binomial == 0:
-        return 1.0
+        return n / clusters
     robust = ((totals["sum"] - p * totals["count"]) ** 2).sum() / n**2
     return max(1.0, robust / binomial)
 

@@ -242,8 +242,8 @@ def discrimination(trials: pd.DataFrame, rule: str = "primary", alpha: float = 0
     answer, pred = trials["answer"].astype(str), trials[f"pred_{rule}"].astype(str)
     is_dropout = trials["perturbation"] == "dropout"
     dropout_letter = answer.where(is_dropout, answer.map({letters[0]: letters[1], letters[1]: letters[0]}))
-    on_option = pred.isin(letters)
-    data = trials.assign(dropout=is_dropout.astype(int), said=(pred == dropout_letter).astype(int))
+    data = trials.assign(dropout=is_dropout.astype(int), said=(pred == dropout_letter).astype(int),
+                         on_option=pred.isin(letters))
     panel = ["model", "experiment", "alias"]
     cells, pooled = [], []
     for key, group in data.groupby(panel, sort=True):
@@ -252,7 +252,7 @@ def discrimination(trials: pd.DataFrame, rule: str = "primary", alpha: float = 0
         for rank, strengths in enumerate(zip(*grids)):
             cell = pd.concat([group[(group.perturbation == kind) & (group.strength == s)]
                               for kind, s in zip(("dropout", "noise"), strengths)]).assign(rank=rank)
-            answered = cell[on_option[cell.index]]
+            answered = cell[cell.on_option]
             ranked.append(answered)
             cells.append({**dict(zip(panel, key)), "rank": rank, "dropout_strength": strengths[0],
                           "noise_strength": strengths[1], "n_no_option": len(cell) - len(answered),
