@@ -15,8 +15,9 @@ Model, per model x experiment x perturbation x bandwidth scale, a logistic GLM o
   sentence's); terms that do not vary within a fit (n_tokens in zero- and few-shot) are dropped.
 Trials of one sentence are not independent. The odds ratio's CI and `wald_p` use cluster-robust covariance by
 sentence, with t and F reference distributions on (sentences - 1) degrees of freedom; the likelihood-ratio test
-against the model without the two density terms treats trials as independent; the permutation test shuffles densities across sentences (within length buckets), refits, and compares the same
-likelihood-ratio statistic, which keeps the clustering and is the test to trust when there are few sentences.
+against the model without the two density terms treats trials as independent; the permutation test shuffles
+densities across sentences (within length buckets), refits, and compares the same likelihood-ratio statistic, which
+keeps the clustering and is the test to trust when there are few sentences.
 
 Output columns (results/stats/density_dependence.csv): model, experiment, perturbation, bandwidth_scale, rule,
 n_trials, n_sentences, accuracy, log_density_sd, odds_ratio, ci_low, ci_high (per SD of log density),

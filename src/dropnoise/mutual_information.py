@@ -10,9 +10,10 @@ quantity is the probe bound H(Y) - CE in bits (probes.py), merged into the same 
 
 The null permutes labels the way the design allows (`null_labels`): rows of one trial, base trial or sentence are
 not independent (a trial's perturbed and clean rows, a zero-shot base trial rendered under several aliases), so
-labels move within a trial, or whole base trials and sentences trade labels, never single rows across them. Every site, layer and bandwidth of a
-labelled set is tested on the same label draws, so the set's p-values are adjusted together by the Westfall-Young
-min-p method, which uses their strong correlation instead of paying for each test as Holm would.
+labels move within a trial, or whole base trials and sentences trade labels, never single rows across them. Every
+site, layer and bandwidth of a labelled set is tested on the same label draws, so the set's p-values are adjusted
+together by the Westfall-Young min-p method, which uses their strong correlation instead of paying for each test as
+Holm would.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def run(sites: dict[str, np.ndarray], layers: np.ndarray, sets: list[Dataset], b
     out = []
     for dataset in sets:
         key = derive_seed(seed, "nhsic", *sorted(dataset.condition.items()))
-        null_y = null_labels(dataset.labels, [*dataset.units.T, dataset.groups], permutations, key)
+        null_y = null_labels(dataset.labels, dataset.design, permutations, key)
         rows, observed, nulls = [], [], []
         for site in dataset.sites:
             acts = sites[site][dataset.rows]

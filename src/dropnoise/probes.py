@@ -52,6 +52,11 @@ class Dataset:
     units: np.ndarray
     sites: tuple[str, ...] = SITES
 
+    @property
+    def design(self) -> list[np.ndarray]:
+        """Each row's units from the finest to the coarsest (trial, base trial, sentence), as null_labels takes them."""
+        return [*self.units.T, self.groups]
+
 
 def join(keys: dict, trials: pd.DataFrame) -> pd.DataFrame:
     """Per captured row, its trial-table columns: trial rows keyed like the capture, clean rows once."""
@@ -168,7 +173,7 @@ def run(sites: dict[str, np.ndarray], layers: np.ndarray, sets: list[Dataset], f
     for dataset in sets:
         y, groups = dataset.labels, dataset.groups
         key = derive_seed(seed, "probes", *sorted(dataset.condition.items()))
-        shuffled = null_labels(y, [*dataset.units.T, groups], 1, key)[:, 0]  # as the design could have drawn them
+        shuffled = null_labels(y, dataset.design, 1, key)[:, 0]  # as the design could have drawn them
         for site in dataset.sites:
             for slot, layer in enumerate(layers):
                 X = sites[site][dataset.rows, slot]

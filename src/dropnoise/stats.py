@@ -248,22 +248,24 @@ def discrimination(trials: pd.DataFrame, rule: str = "primary", alpha: float = 0
     cells, pooled = [], []
     for key, group in data.groupby(panel, sort=True):
         grids = [sorted(group.loc[group.perturbation == kind, "strength"].unique()) for kind in ("dropout", "noise")]
-        ranked = []
+        ranked, no_option = [], 0
         for rank, strengths in enumerate(zip(*grids)):
             cell = pd.concat([group[(group.perturbation == kind) & (group.strength == s)]
                               for kind, s in zip(("dropout", "noise"), strengths)]).assign(rank=rank)
             answered = cell[cell.on_option]
             ranked.append(answered)
+            dropped = len(cell) - len(answered)
+            no_option += dropped
             cells.append({**dict(zip(panel, key)), "rank": rank, "dropout_strength": strengths[0],
-                          "noise_strength": strengths[1], "n_no_option": len(cell) - len(answered),
+                          "noise_strength": strengths[1], "n_no_option": dropped,
                           **_balanced(answered), **_fisher(answered)})
         if ranked:
             both = pd.concat(ranked)
             fit = clustered_logit(both, "said ~ dropout + C(rank)" if len(ranked) > 1 else "said ~ dropout", "dropout",
                                   "sentence_id")
             pooled.append({**dict(zip(panel, key)), "rank": "all", "dropout_strength": "all", "noise_strength": "all",
-                           "n_no_option": sum(c["n_no_option"] for c in cells[-len(ranked):]), **_balanced(both), "odds_ratio": np.exp(fit["estimate"]), "or_low": np.exp(fit["low"]),
-                           "or_high": np.exp(fit["high"]), "p_value": fit["p_value"],
+                           "n_no_option": no_option, **_balanced(both), "odds_ratio": np.exp(fit["estimate"]),
+                           "or_low": np.exp(fit["low"]), "or_high": np.exp(fit["high"]), "p_value": fit["p_value"],
                            "test": "logistic with rank effects, SE clustered by sentence", "note": fit["note"]})
     if not cells:
         return pd.DataFrame()

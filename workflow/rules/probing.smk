@@ -28,7 +28,7 @@ if config["probes"]["enabled"]:
         params:
             experiments=captured,
             # the settings the script reads from the config, here so that editing them reruns the rule
-            settings=lambda wildcards: {k: config["probes"][k] for k in ("folds", "C")},
+            settings={k: config["probes"][k] for k in ("folds", "C")},
             seed=config["seed"],
         resources:
             mem_mb=activation_mem_mb,
