@@ -106,6 +106,9 @@ def test_dynamics_target_runs_only_localization_on_each_checkpoint(tmp_path):
         ({"inference": {"device": "auto", "batch_size": "large"}}, "instance['inference']['batch_size']"),
         ({"models": {"tiny-llama": {"kind": "tiny", "family": "llama", "tokenizer_from": "smollm2-135m",
                                     "checkpoints": [{"step": 1}]}}}, "only hf and trained_tiny entries have checkpoints"),
+        # a key of another kind, which that kind would ignore
+        ({"models": {"smollm2-135m": {"revision": "main"}}},
+         "models.smollm2-135m.revision: only hf entries read this key, and this entry is gguf_package"),
         # a misspelled key in a model entry (here: 0 GPUs on a cluster) or in its settings for an experiment
         ({"models": {"llama8b": {"gpu": 2}}}, ["'gpu' was unexpected", "On instance['models']['llama8b']"]),
         ({"models": {"qwen32b": {"settings": {"zero_shot": {"aliasses": ["paper"]}}}}},

@@ -20,6 +20,15 @@ GRID_EXPERIMENTS = ("zero_shot", "few_shot")
 
 SHARD_BY = ("conditions", "trials")  # what an experiment's shards split; the first is the default
 
+# The model-entry keys only one or some kinds read (every other key of the schema applies to all kinds). A key of
+# another kind would be silently ignored, e.g. `revision` on a gguf_package entry, so it is an error.
+KIND_KEYS = {
+    "hf": {"repo_id", "revision", "checkpoints"},
+    "gguf_package": {"module", "gguf_file"},
+    "tiny": {"family", "tokenizer_from", "chat_template", "layers", "seed"},
+    "trained_tiny": {"family", "tokenizer_from", "chat_template", "layers", "training", "checkpoints"},
+}
+
 
 class ConfigError(ValueError):
     """A configuration error; the message names the key and says what is wrong."""
@@ -33,6 +42,8 @@ def check(config: dict, root: str | Path = ".") -> None:
         if key not in models:
             problems.append(f"run.models: unknown model key '{key}'; known keys: {', '.join(sorted(models))}")
     for key, entry in models.items():
+        if "checkpoint_of" not in entry:  # (a checkpoint's entry carries its series' fields and its own)
+            problems += _foreign_keys(key, entry)
         if entry["kind"] in ("tiny", "trained_tiny"):
             source = models.get(entry["tokenizer_from"])
             if source is None or source["kind"] != "gguf_package":
@@ -105,6 +116,15 @@ def check(config: dict, root: str | Path = ".") -> None:
         problems.append(f"density.corpus.path: file '{corpus['path']}' does not exist")
     if problems:  # once each (every checkpoint of a series shares its dynamics settings)
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(dict.fromkeys(problems)))
+
+
+def _foreign_keys(key: str, entry: dict) -> list[str]:
+    kind = entry["kind"]
+    return [
+        f"models.{key}.{name}: only {' and '.join(k for k, keys in KIND_KEYS.items() if name in keys)} entries read "
+        f"this key, and this entry is {kind}"
+        for name in sorted(set(entry) - KIND_KEYS[kind]) if any(name in keys for keys in KIND_KEYS.values())
+    ]
 
 
 def _sharding_problems(where: str, section: dict) -> list[str]:
