@@ -237,26 +237,26 @@ def resolve_indices(conditions_: list[dict], strengths: dict) -> list[dict]:
     return [{kind: strengths[kind][index] for kind, index in c.items()} for c in conditions_]
 
 
-def shard_by(config: dict, model: str, experiment: str) -> str:
+def shard_by(config: dict, model: str, experiment: str, instead: str | None = None) -> str:
     """"conditions": each job runs all trials under some conditions (one run per condition, as the toolkit);
     "trials": each job runs some base trials under every condition, so the engine reuses a trial's unperturbed
     prefix across all of them. The rows are the same either way (scores up to float rounding, which batch
-    composition never changes beyond)."""
-    return settings(config, model, experiment).get("shard_by", SHARD_BY[0])
+    composition never changes beyond). instead: this one in place of the configured one (cost estimates)."""
+    return instead or settings(config, model, experiment).get("shard_by", SHARD_BY[0])
 
 
 def shard_count(config: dict, model: str, experiment: str, by: str | None = None) -> int:
     """Configured shards (a model's settings may replace them); by conditions, never more than there are
     conditions (by trials, `check` keeps them within the base trials). by: the configured shard_by, or this one."""
     shards = settings(config, model, experiment)["shards"]
-    if (by or shard_by(config, model, experiment)) == "trials":
+    if shard_by(config, model, experiment, by) == "trials":
         return shards
     return min(shards, len(experiment_conditions(config, model, experiment)))
 
 
 def shard_conditions(config: dict, model: str, experiment: str, index: int, by: str | None = None) -> list[dict]:
     every = experiment_conditions(config, model, experiment)
-    if (by or shard_by(config, model, experiment)) == "trials":
+    if shard_by(config, model, experiment, by) == "trials":
         return every
     return shard(every, index, shard_count(config, model, experiment, by))
 

@@ -44,7 +44,7 @@ def passes(config: dict, model: str, experiment: str, shard_by: str | None = Non
     grid = dnconfig.strength_grid(config, model)
     strengths = None if grid == "auto" else {k: tasks.expand_grid(grid.get(k, [])) for k in ("dropout", "noise")}
     out = {"trials": sum(classes.values()), "passes": 0, "rows": 0, "prefix_runs": 0}
-    by = shard_by or dnconfig.shard_by(config, model, experiment)
+    by = dnconfig.shard_by(config, model, experiment, shard_by)
     # by trials, each trial meets every condition in exactly one job: the jobs count as one job of all trials
     jobs = 1 if by == "trials" else dnconfig.shard_count(config, model, experiment, by)
     for shard in (dnconfig.shard_conditions(config, model, experiment, i, by) for i in range(jobs)):
