@@ -279,3 +279,20 @@ def check_dynamics_outputs(work, preset):
     assert not (work / f"results/{series}-step{steps[-1]}/zero_shot.csv").exists()
     for ext in ("pdf", "png"):
         assert (work / f"paper_figures/{series}/dynamics.{ext}").stat().st_size > 0
+
+
+def test_a_models_own_template_is_an_input_of_its_prompts_and_probes(tmp_path):
+    """The probes read their labels' option letters from the template the model's prompts were rendered with."""
+    paper = yaml.safe_load((ROOT / "config.yaml").read_text())
+    own = tmp_path / "own_localization.yaml"
+    shutil.copy(ROOT / paper["experiments"]["localization"]["template"], own)
+    paper["models"]["qwen32b"]["settings"] = {"localization": {"template": str(own)}}
+    paper["probes"]["enabled"] = True
+    path = tmp_path / "own.yaml"
+    path.write_text(yaml.safe_dump(paper))
+    out = snakemake("-n", "results/qwen32b/probes.csv", "--configfile", str(path)).stdout
+    jobs = {block.split(":", 1)[0]: block for block in out.split("\nrule ")[1:]}
+    prompt_jobs = [b for b in out.split("\nrule ")[1:] if b.startswith("prompt_set") and "localization.jsonl" in b]
+    assert len(prompt_jobs) == 1 and str(own) in prompt_jobs[0]
+    assert str(own) in jobs["probes"]
+    assert paper["experiments"]["zero_shot"]["template"] in jobs["probes"]  # the other experiments keep theirs

@@ -317,29 +317,30 @@ def _canonical(table: pd.DataFrame, groups: dict[str, str]) -> str:
     return canonical[0]
 
 
-def _probe_sets(config: dict, experiment: str, activation_files: list[str], trial_file: str):
+def _probe_sets(template: str, experiment: str, activation_files: list[str], trial_file: str):
     """Captured activations of one experiment, joined to its trial table, and the labelled sets they support."""
     from . import activations, probes
 
     sites, keys = activations.load(activation_files)
     meta = probes.join(keys, pd.read_csv(trial_file, keep_default_na=False))
-    letters = load_template(config["experiments"][experiment]["template"], tasks.PLACEHOLDERS[experiment]).letters
+    letters = load_template(template, tasks.PLACEHOLDERS[experiment]).letters
     return sites, keys["layers"], probes.datasets(meta, experiment, letters)
 
 
-def probe_tables(config: dict, activations: dict[str, list[str]], trial_files: dict[str, str], out: str) -> None:
-    """results/{model}/probes.csv: every labelled set at every captured layer and site, with both baselines."""
+def probe_tables(settings: dict, seed: int, templates: dict[str, str], activations: dict[str, list[str]],
+                 trial_files: dict[str, str], out: str) -> None:
+    """results/{model}/probes.csv: every labelled set at every captured layer and site, with both baselines.
+    settings: `probes.folds` and `probes.C`; templates, activations, trial_files: per captured experiment."""
     from threadpoolctl import threadpool_limits
 
     from . import probes
 
-    settings = config["probes"]
     tables = []
     with threadpool_limits(1):  # thousands of small fits: one BLAS thread each is fastest
         for experiment, files in activations.items():
-            sites, layers, sets = _probe_sets(config, experiment, files, trial_files[experiment])
+            sites, layers, sets = _probe_sets(templates[experiment], experiment, files, trial_files[experiment])
             log.info("%s: %d labelled sets x %d sites x %d layers", experiment, len(sets), len(sites), len(layers))
-            tables.append(probes.run(sites, layers, sets, settings["folds"], settings["C"], config["seed"]))
+            tables.append(probes.run(sites, layers, sets, settings["folds"], settings["C"], seed))
     table = pd.concat(tables, ignore_index=True)
     best = table[table.features == "linear"].sort_values("accuracy").groupby(["experiment", "task", "site"]).tail(1)
     log.info("best linear probe per task and site:\n%s", best[["experiment", "task", "site", "layer", "perturbation",
@@ -356,21 +357,20 @@ def represented_vs_reported(probe_file: str, trial_files: dict[str, str], out: s
     outputs.write_csv(table, out)
 
 
-def mutual_information(config: dict, activations: dict[str, list[str]], trial_files: dict[str, str],
-                       probe_file: str, out: str) -> None:
+def mutual_information(settings: dict, seed: int, templates: dict[str, str], activations: dict[str, list[str]],
+                       trial_files: dict[str, str], probe_file: str, out: str) -> None:
     """results/{model}/mutual_information.csv: nHSIC per layer (bandwidth sweep, permutation null) and the probe
-    bound in bits."""
+    bound in bits. settings: `probes.mutual_information`."""
     from threadpoolctl import threadpool_limits
 
     from . import mutual_information as mi
 
-    settings = config["probes"]["mutual_information"]
     tables = []
     with threadpool_limits(1):
         for experiment, files in activations.items():
-            sites, layers, sets = _probe_sets(config, experiment, files, trial_files[experiment])
+            sites, layers, sets = _probe_sets(templates[experiment], experiment, files, trial_files[experiment])
             tables.append(mi.run(sites, layers, sets, settings["bandwidths"], settings["permutations"],
-                                 settings["epsilon"], config["seed"]))
+                                 settings["epsilon"], seed))
     table = pd.read_csv(io.StringIO(pd.concat(tables, ignore_index=True).to_csv(index=False)))  # as probes.csv reads
     log.info("%d nHSIC rows; nHSIC(T;Y) above its permutation null at p <= 0.05 in %.0f%%, adjusted within each "
              "labelled set (min-p) in %.0f%%", len(table), 100 * (table.nhsic_ty_p <= 0.05).mean(),

@@ -195,7 +195,8 @@ def model_folder(wildcards):
 
 
 def prompt_set_inputs(wildcards):
-    inputs = {"model": model_folder(wildcards), "template": config["experiments"][wildcards.experiment]["template"]}
+    template = dnconfig.settings(config, wildcards.model, wildcards.experiment)["template"]  # (a model's own, if set)
+    inputs = {"model": model_folder(wildcards), "template": template}
     if wildcards.experiment != "localization_control":
         inputs["sentences"] = f"results/{wildcards.model}/sentences.csv"
     if wildcards.experiment in dnconfig.GRID_EXPERIMENTS:
@@ -345,8 +346,10 @@ def trial_inputs(wildcards):
 
 
 def probe_inputs(wildcards):
+    """Activations, trial tables and prompt templates (their option letters name the labels) per captured experiment."""
     inputs = {f"activations_{experiment}": paths for experiment, paths in activation_files(wildcards).items()}
-    return {**inputs, **trial_inputs(wildcards)}
+    templates = {f"template_{e}": dnconfig.settings(config, wildcards.model, e)["template"] for e in captured(wildcards)}
+    return {**inputs, **templates, **trial_inputs(wildcards)}
 
 
 def activation_mem_mb(wildcards, input, attempt):

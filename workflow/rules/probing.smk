@@ -27,7 +27,6 @@ if config["probes"]["enabled"]:
             "../../envs/probing.yaml"
         params:
             experiments=captured,
-            # the settings the script reads from the config, here so that editing them reruns the rule
             settings={k: config["probes"][k] for k in ("folds", "C")},
             seed=config["seed"],
         resources:
@@ -63,7 +62,7 @@ if config["probes"]["enabled"]:
             "../../envs/probing.yaml"
         params:
             experiments=captured,
-            settings=config["probes"]["mutual_information"],  # read from the config by the script, as for probes
+            settings=config["probes"]["mutual_information"],
             seed=config["seed"],
         resources:
             mem_mb=activation_mem_mb,
