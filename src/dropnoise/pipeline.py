@@ -226,7 +226,7 @@ def aggregate(shard_files: list[str], model_key: str, model_dir: str, experiment
     relevant = {
         "seed": config["seed"],
         "model": config["models"][model_key],
-        "experiment": config["experiments"][experiment],
+        "experiment": dnconfig.settings(config, model_key, experiment),  # as this model ran it
         "sentences": config["sentences"],
         "perturbation": config["perturbation"],
     }
