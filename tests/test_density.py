@@ -64,8 +64,24 @@ def test_density_table_has_a_column_per_bandwidth_scale():
     targets = pd.DataFrame({"sentence_id": ["a", "b"]})
     table, facts = density.density_table(targets, rng.normal(size=(2, 3)), rng.normal(size=(100, 3)), k=5,
                                          scales=[0.5, 1, 2], sample=100, seed=0)
-    assert list(table.columns) == ["sentence_id", "log_density_x0.5", "log_density", "log_density_x2"]
+    assert list(table.columns) == ["sentence_id", "log_density_x0.5", "effective_neighbours_x0.5", "log_density",
+                                   "effective_neighbours", "log_density_x2", "effective_neighbours_x2"]
     assert facts["bandwidth"] > 0 and facts["n_reference"] == 100
+    spread = facts["median_effective_neighbours"]
+    assert 1 <= spread["0.5"] < spread["1"] < spread["2"] <= 100  # a wider kernel weighs more of the corpus
+
+
+def test_effective_neighbours_counts_the_reference_points_a_density_rests_on():
+    reference = np.array([[0.0], [0.0], [10.0], [10.0]])
+    # narrow kernel at 0: the two points at 0 weigh equally, those at 10 not at all -> 2; very wide: all 4
+    assert density.effective_neighbours(np.array([[0.0]]), reference, 0.5)[0] == pytest.approx(2)
+    assert density.effective_neighbours(np.array([[0.0]]), reference, 1e6)[0] == pytest.approx(4)
+    # on unit vectors in 384 dimensions, distances concentrate: the k-NN bandwidth weighs nearly everything
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(501, 384))
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    h = density.knn_bandwidth(points[1:], 10, 500, 0)
+    assert density.effective_neighbours(points[:1], points[1:], h)[0] > 400
 
 
 def test_minilm_embeds_paraphrases_closer_than_unrelated_sentences():
@@ -115,7 +131,7 @@ def test_regression_recovers_a_planted_density_effect():
     fit = density_dependence.fit_density(planted_trials(0.8), "log_density", permutations=50, seed=1)
     assert fit["status"] == "ok"
     assert fit["ci_low"] < np.exp(0.8) < fit["ci_high"] and fit["ci_low"] > 1.3
-    assert fit["lr_p"] < 1e-6 and fit["wald_p"] < 1e-6
+    assert fit["p_value"] < 1e-6 and fit["wald_p"] < 1e-6
     assert fit["permutation_p"] == pytest.approx(1 / 51)  # no shuffle beats the real densities
     assert "n_tokens" in fit["formula"] and "clean_nll" in fit["formula"]
 
@@ -127,7 +143,7 @@ def test_regression_finds_no_effect_in_shuffled_density():
     fit = density_dependence.fit_density(trials.assign(log_density=trials.sentence_id.map(shuffled)), "log_density",
                                          permutations=50, seed=1)
     assert fit["ci_low"] < 1 < fit["ci_high"]
-    assert fit["lr_p"] > 0.05 and fit["permutation_p"] > 0.05
+    assert fit["p_value"] > 0.05 and fit["permutation_p"] > 0.05
 
 
 def test_wald_test_and_interval_use_t_on_sentences_minus_one_df():
@@ -147,8 +163,70 @@ def test_a_fit_with_no_more_sentences_than_parameters_reports_no_estimate():
     trials = planted_trials(0.8, n_sentences=5, per_sentence=12)
     fit = density_dependence.fit_density(trials, "log_density", permutations=20, seed=1)
     assert fit["status"].startswith(("not estimable", "fit failed")) and "5 sentences for" in fit["status"]
-    assert all(np.isnan(fit.get(column, np.nan)) for column in ("odds_ratio", "ci_low", "wald_p", "lr_p",
+    assert all(np.isnan(fit.get(column, np.nan)) for column in ("odds_ratio", "ci_low", "wald_p", "p_value",
                                                                   "permutation_p"))
+
+
+def two_class_trials(bias: float, detection: float, seed: int = 0) -> pd.DataFrame:
+    """Zero-shot-shaped trials (each sentence under both classes, canonical aliases, one strength per class) where
+    density shifts the tendency to answer "dropout" by `bias` per SD and the detection log-odds by `detection`."""
+    dropout = planted_trials(0.0, seed=seed).assign(perturbation="dropout", alias_group="canonical")
+    trials = pd.concat([dropout, dropout.assign(perturbation="noise", strength=dropout.strength * 10)],
+                       ignore_index=True)
+    z = (trials.log_density + 50) / 5
+    said_dropout = 1 / (1 + np.exp(-(bias * z + np.where(trials.perturbation == "dropout", 1, -1) * detection * z)))
+    says = np.random.default_rng(seed + 1).random(len(trials)) < said_dropout
+    return trials.assign(correct=(says == (trials.perturbation == "dropout")).astype(int))
+
+
+def test_a_density_effect_on_saying_dropout_is_not_detection():
+    """Zero-shot's "correct" is "named the applied class": a one-class fit reads a response bias as detection, the
+    two-class fit does not, and reports the bias as the density x class term."""
+    biased = two_class_trials(bias=1.0, detection=0.0)
+    one_class = density_dependence.fit_density(biased[biased.perturbation == "dropout"], "log_density", 0, 0)
+    assert one_class["p_value"] < 1e-4 and one_class["odds_ratio"] > 1.5  # what the one-class fit would report
+    [(perturbation, condition, part)] = density_dependence.fit_groups(biased, "zero_shot")
+    joint = density_dependence.fit_density(part, "log_density", 30, 0)
+    assert perturbation == "both" and "z_density:cls" in joint["formula"]
+    assert joint["ci_low"] < 1 < joint["ci_high"] and joint["permutation_p"] > 0.05
+    assert joint["class_interaction"] > 1.0  # dropout's log-odds rise, noise's fall: the bias
+    detected = density_dependence.fit_density(two_class_trials(bias=0.0, detection=0.8), "log_density", 30, 0)
+    assert detected["ci_low"] > 1.5 and detected["permutation_p"] == pytest.approx(1 / 31)
+
+
+def test_density_that_only_marks_the_source_is_not_an_effect():
+    """In a mixed pool, a source that is both sparser and answered worse must not show up as a density effect."""
+    first = planted_trials(0.0, seed=1)
+    second = planted_trials(0.0, seed=2).assign(source="natural", sentence_id=lambda f: "n" + f.sentence_id,
+                                                log_density=lambda f: f.log_density - 10)
+    second["correct"] = (np.random.default_rng(3).random(len(second)) < 0.2).astype(int)
+    trials = pd.concat([first, second], ignore_index=True)
+    fit = density_dependence.fit_density(trials, "log_density", 30, 0)
+    assert "C(source)" in fit["formula"]
+    assert fit["ci_low"] < 1 < fit["ci_high"] and fit["permutation_p"] > 0.05
+
+
+def test_fits_take_perturbed_trials_of_canonical_aliases_per_label_condition():
+    trials = two_class_trials(0.0, 0.5)
+    trials = pd.concat([trials.assign(label_condition="correct"), trials.assign(label_condition="swapped"),
+                        trials.assign(label_condition="correct", alias_group="placeholder"),
+                        trials.assign(label_condition="correct", strength=0.0)], ignore_index=True)
+    groups = {(p, c): part for p, c, part in density_dependence.fit_groups(trials, "few_shot")}
+    assert set(groups) == {("both", "correct"), ("both", "swapped")}
+    assert all(len(part) == len(trials) / 4 and (part.strength > 0).all() and (part.alias_group == "canonical").all()
+               for part in groups.values())
+    localization = {p: part for p, _, part in density_dependence.fit_groups(trials, "localization")}
+    assert set(localization) == {"dropout", "noise"} and all((p.strength > 0).all() for p in localization.values())
+
+
+def test_only_the_primary_bandwidth_is_corrected_for_multiple_fits():
+    trials = planted_trials(0.3).assign(**{"log_density_x2": lambda f: f.log_density / 2})
+    tables = {("m", "localization"): trials, ("m2", "localization"): planted_trials(0.0, seed=4).assign(
+        **{"log_density_x2": lambda f: f.log_density / 2})}
+    table = density_dependence.density_dependence(tables, [1, 2], "primary", 20, 0, "holm")
+    primary = table[table.bandwidth_scale == 1]
+    assert (primary.permutation_p_adjusted >= primary.permutation_p).all()
+    assert table[table.bandwidth_scale == 2].permutation_p_adjusted.isna().all()
 
 
 def test_permutation_stays_within_strata():

@@ -189,7 +189,7 @@ def test_tiny_preset_end_to_end(tmp_path):
         dens = pd.read_csv(work / f"results/{model}/density.csv")
         pool = pd.read_csv(work / f"results/{model}/sentences.csv")
         assert dens.sentence_id.tolist() == pool.sentence_id.tolist()
-        assert dens[["log_density", "log_density_x0.5", "log_density_x2", "clean_nll"]].notna().all().all()
+        assert dens[["log_density", "log_density_x0.5", "log_density_x2", "clean_nll", "effective_neighbours"]].notna().all().all()
         check_probing_outputs(work, model, preset)
 
     tests = pd.read_csv(work / "results/stats/condition_tests.csv")
@@ -209,8 +209,11 @@ def test_tiny_preset_end_to_end(tmp_path):
     report = (work / "report.html").read_text()
     assert "Produced by the configuration config.yaml + presets/ci.yaml" in report
     dependence = pd.read_csv(work / "results/stats/density_dependence.csv")
-    assert len(dependence) == len(preset["run"]["models"]) * 3 * 2 * len(preset["density"]["bandwidth"]["scales"])
-    assert set(dependence.experiment) == {"localization", "zero_shot", "few_shot"}
+    scales = preset["density"]["bandwidth"]["scales"]
+    assert set(dependence.bandwidth_scale) == set(scales) and len(dependence) % len(scales) == 0
+    assert set(zip(dependence.experiment, dependence.perturbation)) == {
+        ("localization", "dropout"), ("localization", "noise"), ("zero_shot", "both"), ("few_shot", "both")}
+    assert dependence[dependence.bandwidth_scale != 1].permutation_p_adjusted.isna().all()
     for stem in ("density_deciles", "density_odds_ratios"):
         assert (work / f"paper_figures/{stem}.png").stat().st_size and (work / f"paper_figures/{stem}.pdf").exists()
     # the preset's pool mixes two sources (sentences.mix): localization draws from both, and they are contrasted

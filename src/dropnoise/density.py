@@ -58,16 +58,30 @@ def knn_bandwidth(reference: np.ndarray, k: int, sample: int, seed: int) -> floa
     return float(np.median(distances[:, k]))
 
 
+def _log_kernel_sums(queries: np.ndarray, reference: np.ndarray, bandwidth: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, log sum_i w_i and log sum_i w_i^2 of the Gaussian kernel weights w_i, in chunks."""
+    step = max(1, CHUNK_ENTRIES // len(reference))
+    sums, squares = np.empty(len(queries)), np.empty(len(queries))
+    for start in range(0, len(queries), step):
+        log_w = -euclidean_distances(queries[start : start + step], reference, squared=True) / (2 * bandwidth**2)
+        sums[start : start + step] = logsumexp(log_w, axis=1)
+        squares[start : start + step] = logsumexp(2 * log_w, axis=1)
+    return sums, squares
+
+
 def log_kde(queries: np.ndarray, reference: np.ndarray, bandwidth: float) -> np.ndarray:
     """Exact log density of an isotropic Gaussian KDE at each query, computed in log space, in chunks."""
     n, d = reference.shape
-    norm = np.log(n) + 0.5 * d * np.log(2 * np.pi * bandwidth**2)
-    step = max(1, CHUNK_ENTRIES // n)
-    out = np.empty(len(queries))
-    for start in range(0, len(queries), step):
-        squared = euclidean_distances(queries[start : start + step], reference, squared=True)
-        out[start : start + step] = logsumexp(-squared / (2 * bandwidth**2), axis=1) - norm
-    return out
+    return _log_kernel_sums(queries, reference, bandwidth)[0] - np.log(n) - 0.5 * d * np.log(2 * np.pi * bandwidth**2)
+
+
+def effective_neighbours(queries: np.ndarray, reference: np.ndarray, bandwidth: float) -> np.ndarray:
+    """Kish's effective number of reference sentences behind each query's density, (sum w)^2 / sum w^2: near 1
+    when one neighbour dominates, near the corpus size when every sentence weighs the same. In high dimension,
+    distances concentrate, and at the k-NN bandwidth the KDE can weigh almost the whole corpus equally; it then
+    measures closeness to the corpus as a whole (typicality), not local density. This says which one a scale gives."""
+    sums, squares = _log_kernel_sums(queries, reference, bandwidth)
+    return np.exp(2 * sums - squares)
 
 
 def scale_column(scale: float) -> str:
@@ -84,8 +98,12 @@ def density_table(
     if bandwidth <= 0:
         raise DensityError("the k-NN bandwidth is 0: the reference corpus has more than k identical embeddings")
     table = targets.copy()
+    spread = {}
     for scale in scales:
         table[scale_column(scale)] = log_kde(target_embeddings, reference_embeddings, bandwidth * scale)
+        neighbours = effective_neighbours(target_embeddings, reference_embeddings, bandwidth * scale)
+        table[scale_column(scale).replace("log_density", "effective_neighbours")] = neighbours
+        spread[f"{scale:g}"] = float(np.median(neighbours))
     facts = {"bandwidth": bandwidth, "k": k, "scales": scales, "n_reference": len(reference_embeddings),
-             "dimension": int(reference_embeddings.shape[1])}
+             "dimension": int(reference_embeddings.shape[1]), "median_effective_neighbours": spread}
     return table, facts

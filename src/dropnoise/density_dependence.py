@@ -5,25 +5,42 @@ Inputs: the per-trial tables results/{model}/{experiment}.csv (localization, zer
 sentence is `sentence_id`, the test sentence in few-shot) joined on `sentence_id` with results/{model}/density.csv
 (per sentence: `log_density` at each bandwidth scale, `clean_nll` per token, `source`).
 
-Model, per model x experiment x perturbation x bandwidth scale, a logistic GLM on per-trial correctness:
+What one fit compares (`fit_groups`): perturbed trials only (strength > 0: at 0 the answer is chance by
+construction). Localization: one fit per perturbation. Zero- and few-shot: the canonical aliases only (controls such
+as swapped or placeholder words invert or void the labels' meaning), few-shot once per label condition (a density
+effect on following the teaching labels has opposite signs under correct and swapped labels), and both classes in
+one fit: there "correct" means "named the applied class", so a density effect on the tendency to say "dropout"
+would look like detection in a one-class fit. The joint model's density term is the effect averaged over the two
+classes, which such a response bias cancels; the bias itself is the density x class term (`class_interaction`).
 
-    correct ~ z_density + strength_c + z_density:strength_c + n_tokens + clean_nll + C(position)
+Model, per fit and bandwidth scale, a logistic GLM on per-trial correctness:
 
-- z_density: the sentence's log density standardised over the fit's sentences, so exp(coef) is the odds ratio per SD;
-- strength_c: strength centred at the fit's mean, so that odds ratio holds at the mean strength;
+    correct ~ z_density + strength_z + z_density:strength_z [+ cls + z_density:cls] [+ C(k)] + n_tokens
+              + clean_nll + C(position) [+ C(source)]
+
+- z_density: the sentence's log density standardised over the fit's sentences, so exp(coef) is the odds ratio per SD
+  (averaged over the classes in joint fits: cls is +1/2 for dropout, -1/2 for noise);
+- strength_z: strength standardised within its perturbation (dropout rates and noise SDs have different units), so
+  the odds ratio holds at each class's mean strength;
 - n_tokens: the sentence's length bucket; position: the correct option's letter (in localization, the perturbed
-  sentence's); terms that do not vary within a fit (n_tokens in zero- and few-shot) are dropped.
-Trials of one sentence are not independent. The odds ratio's CI and `wald_p` use cluster-robust covariance by
-sentence, with t and F reference distributions on (sentences - 1) degrees of freedom; the likelihood-ratio test
-against the model without the two density terms treats trials as independent; the permutation test shuffles
-densities across sentences (within length buckets), refits, and compares the same likelihood-ratio statistic, which
-keeps the clustering and is the test to trust when there are few sentences.
+  sentence's); k: few-shot examples; source: the sentence's source in a mixed pool (else density would carry any
+  difference between sources); terms that do not vary within a fit are dropped.
+Trials of one sentence are not independent. The odds ratio's CI and `p_value` (its own 1-df test) use
+cluster-robust covariance by sentence, with t reference distributions on (sentences - 1) degrees of freedom;
+`wald_p` (F) and `permutation_p` test the two density terms (z_density, z_density:strength_z) jointly. The
+permutation test shuffles densities across sentences of the same length and source, refits, and compares the
+likelihood-ratio statistic `lr_stat` against the model without those terms (the class term, where present, stays in
+both): it keeps the clustering and is the test to trust with few sentences. `permutation_p_adjusted` corrects it
+(`stats.correction`) over every primary-bandwidth fit of the table; the other scales are a sensitivity sweep, not
+further evidence, and are not adjusted.
 
-Output columns (results/stats/density_dependence.csv): model, experiment, perturbation, bandwidth_scale, rule,
-n_trials, n_sentences, accuracy, log_density_sd, odds_ratio, ci_low, ci_high (per SD of log density),
-interaction (log odds ratio per SD per unit strength), lr_stat, lr_df, lr_p, wald_p, permutation_p, permutations,
-status (ok; or why a fit was skipped, failed or is not estimable: separation, or no more sentences than parameters,
-where every estimate and test is left empty; or why it is unreliable), formula.
+Output columns (results/stats/density_dependence.csv): model, experiment, perturbation (dropout, noise, or both),
+label_condition (few-shot), bandwidth_scale, rule, n_trials, n_sentences, accuracy, log_density_sd, odds_ratio,
+ci_low, ci_high (per SD of log density), p_value, interaction (per SD of log density per SD of strength),
+class_interaction (dropout minus noise), lr_stat, lr_df, wald_p, permutation_p, permutations,
+permutation_p_adjusted, status (ok; or why a fit was skipped, failed or is not estimable: separation, or no more
+sentences than parameters, where every estimate and test is left empty; or why it is unreliable, e.g. fewer than 10
+minority outcomes per parameter within the option positions), formula.
 """
 
 from __future__ import annotations
@@ -34,16 +51,19 @@ import numpy as np
 import pandas as pd
 import patsy
 import statsmodels.api as sm
-from scipy import stats
+from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationWarning
 
 from .density import scale_column
 
-DENSITY_TERMS = ("z_density", "z_density:strength_c")
-COLUMNS = ["model", "experiment", "perturbation", "bandwidth_scale", "rule", "n_trials", "n_sentences", "accuracy",
-           "log_density_sd", "odds_ratio", "ci_low", "ci_high", "interaction", "lr_stat", "lr_df", "lr_p", "wald_p",
-           "permutation_p", "permutations", "status", "formula"]
+DENSITY_TERMS = ("z_density", "z_density:strength_z")  # tested
+CLASS_TERM = "z_density:cls"  # density's effect on saying "dropout" (response bias): kept in both models
+MIN_MINORITY_PER_PARAMETER = 10
+COLUMNS = ["model", "experiment", "perturbation", "label_condition", "bandwidth_scale", "rule", "n_trials",
+           "n_sentences", "accuracy", "log_density_sd", "odds_ratio", "ci_low", "ci_high", "p_value", "interaction",
+           "class_interaction", "lr_stat", "lr_df", "wald_p", "permutation_p", "permutations",
+           "permutation_p_adjusted", "status", "formula"]
 
 
 def join(trials: pd.DataFrame, density: pd.DataFrame, rule: str) -> pd.DataFrame:
@@ -59,21 +79,44 @@ def join(trials: pd.DataFrame, density: pd.DataFrame, rule: str) -> pd.DataFrame
     return frame.assign(position=frame.answer.astype(str), n_tokens=frame.sentence_tokens)
 
 
+def fit_groups(frame: pd.DataFrame, experiment: str):
+    """(perturbation, label_condition, trials) of each fit (see the module docstring)."""
+    perturbed = frame[frame.strength > 0]
+    if experiment == "localization":
+        for perturbation, part in perturbed.groupby("perturbation"):
+            yield perturbation, "", part
+        return
+    canonical = perturbed[perturbed.alias_group == "canonical"]
+    if experiment == "few_shot":
+        for condition, part in canonical.groupby("label_condition"):
+            yield "both", condition, part
+    else:
+        yield "both", "", canonical
+
+
 def _design(frame: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Standardised density (over sentences) and centred strength for one fit."""
+    """Standardised density (over sentences), strength standardised within its perturbation, and the class code."""
     per_sentence = frame.groupby("sentence_id")[column].first()
     z = (per_sentence - per_sentence.mean()) / per_sentence.std(ddof=1)
-    return frame.assign(z_density=frame.sentence_id.map(z), strength_c=frame.strength - frame.strength.mean())
+    by_class = frame.groupby("perturbation").strength
+    spread = by_class.transform("std", ddof=0)
+    strength_z = ((frame.strength - by_class.transform("mean")) / spread.where(spread > 0)).fillna(0.0)
+    return frame.assign(z_density=frame.sentence_id.map(z), strength_z=strength_z,
+                        cls=np.where(frame.perturbation == "dropout", 0.5, -0.5))
 
 
 def formula(frame: pd.DataFrame) -> str:
     """The model's formula, less the terms that do not vary in this fit."""
-    varies = {name: frame[name].nunique() > 1 for name in ("strength", "n_tokens", "clean_nll", "position")}
+    def varies(name):
+        return name in frame and frame[name].nunique() > 1
+
     terms = ["z_density"]
-    if varies["strength"]:
-        terms += ["strength_c", "z_density:strength_c"]
-    terms += [t for t, name in (("n_tokens", "n_tokens"), ("clean_nll", "clean_nll"), ("C(position)", "position"))
-              if varies[name]]
+    if varies("strength_z"):
+        terms += ["strength_z", "z_density:strength_z"]
+    if varies("cls"):
+        terms += ["cls", CLASS_TERM]
+    terms += [term for term, name in (("C(k)", "k"), ("n_tokens", "n_tokens"), ("clean_nll", "clean_nll"),
+                                      ("C(position)", "position"), ("C(source)", "source")) if varies(name)]
     return "correct ~ " + " + ".join(terms)
 
 
@@ -91,7 +134,7 @@ def _fit(y, X, groups=None):
     return fit, problems
 
 
-def permute_within(sentences: pd.DataFrame, column: str, strata: str, rng: np.random.Generator) -> pd.Series:
+def permute_within(sentences: pd.DataFrame, column: str, strata: list[str] | str, rng: np.random.Generator) -> pd.Series:
     """The sentences' values of `column`, shuffled across sentences of the same stratum."""
     shuffled = sentences[column].copy()
     for index in sentences.groupby(strata).groups.values():
@@ -99,8 +142,23 @@ def permute_within(sentences: pd.DataFrame, column: str, strata: str, rng: np.ra
     return shuffled
 
 
+def _with_density(X: pd.DataFrame, z: np.ndarray) -> pd.DataFrame:
+    """The design with every density column recomputed from the per-trial densities z."""
+    out = X.assign(z_density=z)
+    for term, other in (("z_density:strength_z", "strength_z"), (CLASS_TERM, "cls")):
+        if term in X:
+            out[term] = z * X[other]
+    return out
+
+
+def _minority(data: pd.DataFrame) -> int:
+    """Outcomes left to explain once the option position is known: the rarer outcome, counted per position."""
+    counts = data.groupby("position").correct.agg(["sum", "size"])
+    return int(np.minimum(counts["sum"], counts["size"] - counts["sum"]).sum())
+
+
 def fit_density(frame: pd.DataFrame, column: str, permutations: int, seed: int) -> dict:
-    """The density effect in one table of trials (one experiment x perturbation), at one bandwidth scale."""
+    """The density effect in one fit's trials (see `fit_groups`), at one bandwidth scale."""
     per_sentence = frame.groupby("sentence_id")[column].first()
     base = {"n_trials": len(frame), "n_sentences": len(per_sentence), "accuracy": frame.correct.mean(),
             "log_density_sd": per_sentence.std(ddof=1)}
@@ -111,7 +169,7 @@ def fit_density(frame: pd.DataFrame, column: str, permutations: int, seed: int) 
     data = _design(frame, column)
     text = formula(data)
     y, X = patsy.dmatrices(text, data, return_type="dataframe")
-    terms = [t for t in DENSITY_TERMS if t in X]
+    tested = [t for t in DENSITY_TERMS if t in X]
     full, problems = _fit(y, X, pd.factorize(data.sentence_id)[0])
     full_rank = len(per_sentence) > X.shape[1]  # else the cluster-robust covariance cannot have full rank
     if not full_rank:
@@ -121,42 +179,48 @@ def fit_density(frame: pd.DataFrame, column: str, permutations: int, seed: int) 
                 "status": "fit failed (no finite covariance): " + ", ".join(problems or ["separation"])}
     if not full_rank or "PerfectSeparationWarning" in problems:  # estimates and tests meaningless
         return {**base, "formula": text, "status": "not estimable: " + ", ".join(problems)}
-    reduced, _ = _fit(y, X.drop(columns=terms))
+    minority = _minority(data)
+    if minority < MIN_MINORITY_PER_PARAMETER * X.shape[1]:
+        problems.append(f"{minority} minority outcomes within positions for {X.shape[1]} parameters")
+    reduced, _ = _fit(y, X.drop(columns=tested))
     lr = 2 * (full.llf - reduced.llf)
-    wald = full.wald_test(np.eye(X.shape[1])[[X.columns.get_loc(t) for t in terms]], scalar=True)
+    wald = full.wald_test(np.eye(X.shape[1])[[X.columns.get_loc(t) for t in tested]], scalar=True)
     low, high = full.conf_int(alpha=0.05).loc["z_density"]
     result = {
         **base, "odds_ratio": np.exp(full.params["z_density"]), "ci_low": np.exp(low), "ci_high": np.exp(high),
-        "interaction": full.params.get("z_density:strength_c", np.nan), "lr_stat": lr, "lr_df": len(terms),
-        "lr_p": stats.chi2.sf(lr, len(terms)), "wald_p": float(wald.pvalue), "formula": text,
+        "p_value": float(full.pvalues["z_density"]), "interaction": full.params.get("z_density:strength_z", np.nan),
+        "class_interaction": full.params.get(CLASS_TERM, np.nan), "lr_stat": lr, "lr_df": len(tested),
+        "wald_p": float(wald.pvalue), "formula": text,
         "status": "ok" if not problems else "unreliable fit: " + ", ".join(problems),
     }
     if permutations:
         rng = np.random.default_rng(seed)
-        sentences = data.groupby("sentence_id")[["z_density", "n_tokens"]].first()
-        strength_c = X["strength_c"] if "strength_c" in X else 0.0
+        strata = [name for name in ("n_tokens", "source") if name in data]
+        sentences = data.groupby("sentence_id")[["z_density", *strata]].first()
         exceed = 0
         for _ in range(permutations):
-            shuffled = data.sentence_id.map(permute_within(sentences, "z_density", "n_tokens", rng)).to_numpy()
-            permuted = X.assign(z_density=shuffled)
-            if "z_density:strength_c" in X:
-                permuted["z_density:strength_c"] = shuffled * strength_c
-            exceed += 2 * (_fit(y, permuted)[0].llf - reduced.llf) >= lr - 1e-9
+            permuted = _with_density(X, data.sentence_id.map(permute_within(sentences, "z_density", strata, rng)).to_numpy())
+            null = reduced if CLASS_TERM not in X else _fit(y, permuted.drop(columns=tested))[0]
+            exceed += 2 * (_fit(y, permuted)[0].llf - null.llf) >= lr - 1e-9
         result.update(permutation_p=(exceed + 1) / (permutations + 1), permutations=permutations)
     return result
 
 
 def density_dependence(tables: dict[tuple[str, str], pd.DataFrame], scales: list[float], rule: str,
-                       permutations: int, seed: int) -> pd.DataFrame:
+                       permutations: int, seed: int, correction: str = "holm") -> pd.DataFrame:
     """Every fit: `tables` maps (model, experiment) to joined trials (see `join`)."""
     rows = []
     for (model, experiment), frame in tables.items():
-        for perturbation, part in frame.groupby("perturbation"):
+        for perturbation, condition, part in fit_groups(frame, experiment):
             for scale in scales:
                 fit = fit_density(part, scale_column(scale), permutations, seed)
                 rows.append({"model": model, "experiment": experiment, "perturbation": perturbation,
-                             "bandwidth_scale": scale, "rule": rule, **fit})
-    return pd.DataFrame(rows).reindex(columns=COLUMNS)
+                             "label_condition": condition, "bandwidth_scale": scale, "rule": rule, **fit})
+    table = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    primary = (table.bandwidth_scale == 1) & table.permutation_p.notna()
+    if primary.any():
+        table.loc[primary, "permutation_p_adjusted"] = multipletests(table.permutation_p[primary], method=correction)[1]
+    return table
 
 
 def source_contrast(tables: dict[tuple[str, str], pd.DataFrame]) -> pd.DataFrame:

@@ -58,8 +58,10 @@ def deciles_figure(tables: dict[tuple[str, str], pd.DataFrame]):
 
 def forest_figure(dependence: pd.DataFrame):
     """Odds ratio per SD of log density with its 95% CI at the k-NN bandwidth (filled; grey when the fit is
-    unreliable) and at the other bandwidth scales (open), one row per model x experiment x perturbation; rows
-    without a fit say so."""
+    unreliable) and at the other bandwidth scales (open), one row per fit (model x experiment x perturbation, and
+    label condition in few-shot); rows without a fit say so."""
+    fits = ["model", "experiment", "perturbation", "label_condition"]
+    dependence = dependence.assign(label_condition=dependence.label_condition.fillna(""))
     main = dependence[dependence.bandwidth_scale == 1].reset_index(drop=True)
     others = sorted(s for s in dependence.bandwidth_scale.unique() if s != 1)
     fig, axes = style.figure(width=style.COLUMN_WIDTH, height=0.28 * max(len(main), 1) + 0.9)
@@ -72,11 +74,11 @@ def forest_figure(dependence: pd.DataFrame):
         color = "C0" if row.status == "ok" else "0.6"
         ax.errorbar(row.odds_ratio, y[i], xerr=[[row.odds_ratio - row.ci_low], [row.ci_high - row.odds_ratio]],
                     fmt="o", color=color, markersize=3, capsize=1.5, linewidth=0.9)
-        ax.annotate(f"p_perm={row.permutation_p:.2g}", (1.02, y[i]), xycoords=("axes fraction", "data"),
-                    fontsize=6, va="center")
-    keyed = main.set_index(["model", "experiment", "perturbation"]).index
+        ax.annotate(f"p={row.p_value:.2g}, adj. p_perm={row.permutation_p_adjusted:.2g}", (1.02, y[i]),
+                    xycoords=("axes fraction", "data"), fontsize=6, va="center")
+    keyed = main.set_index(fits).index
     for offset, marker, scale in zip(np.linspace(-0.25, 0.25, len(others)), "v^<>", others):
-        part = dependence[dependence.bandwidth_scale == scale].set_index(["model", "experiment", "perturbation"])
+        part = dependence[dependence.bandwidth_scale == scale].set_index(fits)
         ax.plot(part.reindex(keyed).odds_ratio.to_numpy(), y + offset, linestyle="none", marker=marker,
                 markersize=2.5, markerfacecolor="none", color="C1", label=f"h × {scale:g}")
     ax.axvline(1, **style.CHANCE_STYLE)
@@ -84,7 +86,7 @@ def forest_figure(dependence: pd.DataFrame):
     ax.xaxis.set_major_locator(LogLocator(base=2))
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_yticks(y, main.model + " · " + main.experiment + " · " + main.perturbation)
+    ax.set_yticks(y, [" · ".join(part for part in row if part) for row in main[fits].itertuples(index=False)])
     ax.set_ylim(-0.7, len(main) - 0.3)
     ax.set_xlabel("odds ratio per SD of log density (95% CI)")
     if others:

@@ -84,6 +84,11 @@ def build_density(config: dict, sentence_file: str, features_file: str, out_csv:
                                          bandwidth["scales"], bandwidth["sample"], settings["seed"])
     log.info("bandwidth h = %.4g (median distance to the %d-th neighbour); log density: %s", facts["bandwidth"],
              bandwidth["k"], table.log_density.describe().to_dict())
+    for scale, neighbours in facts["median_effective_neighbours"].items():
+        wide = neighbours > facts["n_reference"] / 2
+        (log.warning if wide else log.info)(
+            "h x %s: a median %.0f of %d reference sentences weigh in each density%s", scale, neighbours,
+            facts["n_reference"], " (more than half: this scale measures typicality, not local density)" if wide else "")
     outputs.write_csv(table, out_csv)
     outputs.write_json({**facts, "encoder": settings["encoder"], "corpus": sentences.corpus_source(config)}, out_json)
 
@@ -106,7 +111,8 @@ def build_dependence(models, experiments, trial_files, density_files, config: di
     settings = config["density"]
     tables = joined_tables(models, experiments, trial_files, density_files, settings["rule"])
     result = density_dependence.density_dependence(tables, settings["bandwidth"]["scales"], settings["rule"],
-                                                   settings["permutations"], settings["seed"])
+                                                   settings["permutations"], settings["seed"],
+                                                   config["stats"]["correction"])
     log.info("density dependence:\n%s", result.drop(columns="formula").to_string(index=False))
     outputs.write_csv(result, out)
     outputs.write_csv(density_dependence.source_contrast(tables), out_contrast)

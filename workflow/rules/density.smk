@@ -75,7 +75,7 @@ rule density_dependence:
         experiments=density_experiments(),
         rule=config["density"]["rule"],
         permutations=config["density"]["permutations"],
-    localrule: True
+        correction=config["stats"]["correction"],
     script:
         "../scripts/density_dependence.py"
 
