@@ -206,6 +206,18 @@ def test_density_that_only_marks_the_source_is_not_an_effect():
     assert fit["ci_low"] < 1 < fit["ci_high"] and fit["permutation_p"] > 0.05
 
 
+def test_a_nuisance_term_aliased_with_another_is_left_out_and_named():
+    """A source whose sentences all have one length: source and length are one term (a singular Hessian if both
+    are kept)."""
+    trials = planted_trials(0.8, seed=6)
+    trials["n_tokens"] = np.where(trials.n_tokens == 3, 3, 7)  # two lengths: a source indicator is linear in them
+    trials["source"] = np.where(trials.n_tokens == 3, "file", "synthetic")
+    fit = density_dependence.fit_density(trials, "log_density", 0, 0)
+    left_out = fit["formula"].split("collinear, left out: ")[1]
+    assert fit["status"] == "ok" and left_out in ("C(source)[T.synthetic])", "n_tokens)")  # one of the pair
+    assert fit["ci_low"] > 1.3  # the planted effect, found
+
+
 def test_fits_take_perturbed_trials_of_canonical_aliases_per_label_condition():
     trials = two_class_trials(0.0, 0.5)
     trials = pd.concat([trials.assign(label_condition="correct"), trials.assign(label_condition="swapped"),

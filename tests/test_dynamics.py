@@ -134,3 +134,12 @@ def test_step_axis_is_logarithmic_when_steps_span_decades(steps, scale):
     probe_figures.step_axis(axes[0, 0], steps)
     assert axes[0, 0].get_xscale() == scale
     plt.close(fig)
+
+
+def test_a_checkpoint_missing_from_the_training_run_says_how_to_retrain(tmp_path):
+    (tmp_path / "trained/step100").mkdir(parents=True)  # trained for other checkpoints: no step 200
+    entry = {"kind": "trained_tiny", "checkpoints": [{"step": 100}, {"step": 200}]}
+    out = tmp_path / "models/series"
+    retrain = rf"no complete checkpoint at step 200 .*`snakemake {out} --forcerun train_tiny`"
+    with pytest.raises(models.ModelError, match=retrain):
+        models.prepare_trained("series", entry, out, tmp_path / "trained")

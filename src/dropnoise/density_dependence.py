@@ -151,6 +151,19 @@ def _with_density(X: pd.DataFrame, z: np.ndarray) -> pd.DataFrame:
     return out
 
 
+def _independent_columns(X: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The design without the columns that those before them already span, and the names left out. The intercept and
+    the density terms are taken first, so that of an aliased pair it is the nuisance term that goes."""
+    first = [c for c in ("Intercept", *DENSITY_TERMS, CLASS_TERM) if c in X]
+    keep, aliased = [], []
+    for column in first + [c for c in X if c not in first]:
+        if np.linalg.matrix_rank(X[keep + [column]].to_numpy()) > len(keep):
+            keep.append(column)
+        else:
+            aliased.append(column)
+    return X[[c for c in X if c in keep]], aliased
+
+
 def _minority(data: pd.DataFrame) -> int:
     """Outcomes left to explain once the option position is known: the rarer outcome, counted per position."""
     counts = data.groupby("position").correct.agg(["sum", "size"])
@@ -169,8 +182,16 @@ def fit_density(frame: pd.DataFrame, column: str, permutations: int, seed: int) 
     data = _design(frame, column)
     text = formula(data)
     y, X = patsy.dmatrices(text, data, return_type="dataframe")
+    X, aliased = _independent_columns(X)
+    if aliased:  # e.g. a source whose sentences all have one length
+        text += f" (collinear, left out: {', '.join(aliased)})"
+    if "z_density" in aliased:
+        return {**base, "formula": text, "status": "not estimable: density is collinear with the other terms"}
     tested = [t for t in DENSITY_TERMS if t in X]
-    full, problems = _fit(y, X, pd.factorize(data.sentence_id)[0])
+    try:
+        full, problems = _fit(y, X, pd.factorize(data.sentence_id)[0])
+    except np.linalg.LinAlgError as error:  # a singular Hessian: the fit diverged
+        return {**base, "formula": text, "status": f"fit failed: {error}"}
     full_rank = len(per_sentence) > X.shape[1]  # else the cluster-robust covariance cannot have full rank
     if not full_rank:
         problems.append(f"{len(per_sentence)} sentences for {X.shape[1]} parameters")

@@ -156,7 +156,11 @@ def prepare_trained(key: str, entry: dict, out: Path, trained: Path) -> None:
     training run's folder."""
     step = entry["step"] if "step" in entry else max(p["step"] for p in entry["checkpoints"])
     source = Path(trained) / f"step{step}"
-    read_marker(source)  # complete checkpoints only
+    if not (source / MARKER).exists():  # complete checkpoints only
+        raise ModelError(
+            f"models.{key}: the training run '{trained}' has no complete checkpoint at step {step} (it was trained "
+            f"for other checkpoints, or stopped early): retrain with `snakemake {out} --forcerun train_tiny`"
+        )
     shutil.copytree(source, out, dirs_exist_ok=True)
     write_marker(out, key, entry, revision=read_marker(source)["revision"])
 
