@@ -218,6 +218,20 @@ def test_a_nuisance_term_aliased_with_another_is_left_out_and_named():
     assert fit["ci_low"] > 1.3  # the planted effect, found
 
 
+def test_nll_on_density_finds_familiarity_beyond_length_and_not_in_shuffles():
+    rng = np.random.default_rng(8)
+    n = 300
+    pool = pd.DataFrame({"sentence_id": [f"s{i}" for i in range(n)], "source": "synthetic",
+                         "sentence_tokens": rng.choice([7, 15, 23], n), "log_density": rng.normal(-50, 5, n)})
+    pool["clean_nll"] = 5 - 0.05 * pool.sentence_tokens - 0.1 * (pool.log_density + 50) + rng.normal(0, 0.5, n)
+    pool["log_density_x2"] = rng.permutation(pool.log_density.to_numpy())  # a scale that carries nothing
+    table = density_dependence.density_and_nll({"m": pool}, [1, 2], 50, 0).set_index("bandwidth_scale")
+    assert table.loc[1, "ci_high"] < 0 and table.loc[1, "permutation_p"] == pytest.approx(1 / 51)
+    assert table.loc[1, "slope"] == pytest.approx(-0.5, abs=0.1)  # -0.1 per unit, an SD of 5
+    assert table.loc[1, "r2_gain"] > 0.3 and table.loc[2, "permutation_p"] > 0.05
+    assert table.loc[1, "formula"] == "clean_nll ~ z_density + n_tokens"
+
+
 def test_fits_take_perturbed_trials_of_canonical_aliases_per_label_condition():
     trials = two_class_trials(0.0, 0.5)
     trials = pd.concat([trials.assign(label_condition="correct"), trials.assign(label_condition="swapped"),

@@ -214,6 +214,8 @@ def test_tiny_preset_end_to_end(tmp_path):
     assert set(zip(dependence.experiment, dependence.perturbation)) == {
         ("localization", "dropout"), ("localization", "noise"), ("zero_shot", "both"), ("few_shot", "both")}
     assert dependence[dependence.bandwidth_scale != 1].permutation_p_adjusted.isna().all()
+    nll = pd.read_csv(work / "results/stats/density_nll.csv")
+    assert len(nll) == len(preset["run"]["models"]) * len(scales) and nll.permutation_p.between(0, 1).all()
     for stem in ("density_deciles", "density_odds_ratios"):
         assert (work / f"paper_figures/{stem}.png").stat().st_size and (work / f"paper_figures/{stem}.pdf").exists()
     # the preset's pool mixes two sources (sentences.mix): localization draws from both, and they are contrasted

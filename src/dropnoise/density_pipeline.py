@@ -107,8 +107,13 @@ def joined_tables(models: list[str], experiments: list[str], trial_files: list[s
 
 
 def build_dependence(models, experiments, trial_files, density_files, config: dict, out: str,
-                     out_contrast: str) -> None:
+                     out_contrast: str, out_nll: str) -> None:
     settings = config["density"]
+    densities = {model: pd.read_csv(path, keep_default_na=False) for model, path in zip(models, density_files)}
+    nll = density_dependence.density_and_nll(densities, settings["bandwidth"]["scales"], settings["permutations"],
+                                             settings["seed"])
+    log.info("clean NLL on density:\n%s", nll.drop(columns="formula").to_string(index=False))
+    outputs.write_csv(nll, out_nll)
     tables = joined_tables(models, experiments, trial_files, density_files, settings["rule"])
     result = density_dependence.density_dependence(tables, settings["bandwidth"]["scales"], settings["rule"],
                                                    settings["permutations"], settings["seed"],

@@ -66,6 +66,7 @@ rule density_dependence:
     output:
         dependence="results/stats/density_dependence.csv",
         contrast="results/stats/density_source_contrast.csv",
+        nll="results/stats/density_nll.csv",
     log:
         "logs/density_dependence.log",
     conda:

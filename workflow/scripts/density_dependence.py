@@ -9,4 +9,5 @@ density_pipeline.build_dependence(
     snakemake.config,
     snakemake.output.dependence,
     snakemake.output.contrast,
+    snakemake.output.nll,
 )
