@@ -7,10 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import statsmodels.api as sm
 import torch
 import yaml
 from scipy.stats import gaussian_kde
 from sklearn.neighbors import KernelDensity
+from statsmodels.stats.multitest import multipletests
 
 from conftest import ROOT, build_tiny
 from dropnoise import density, density_dependence, density_figures, sentence_encoders
@@ -150,7 +152,7 @@ def test_wald_test_and_interval_use_t_on_sentences_minus_one_df():
     """Few sentences: the cluster-robust test must use t(G - 1), not the normal (too liberal with 12 sentences)."""
     from scipy.stats import t
 
-    trials = planted_trials(0.3, n_sentences=12, per_sentence=10).assign(strength=0.5)  # one density term
+    trials = planted_trials(0.3, n_sentences=12, per_sentence=20).assign(strength=0.5)  # one density term
     fit = density_dependence.fit_density(trials, "log_density", permutations=0, seed=1)
     assert fit["status"] == "ok" and "strength" not in fit["formula"]
     beta = np.log(fit["odds_ratio"])
@@ -229,7 +231,7 @@ def test_nll_on_density_finds_familiarity_beyond_length_and_not_in_shuffles():
     assert table.loc[1, "ci_high"] < 0 and table.loc[1, "permutation_p"] == pytest.approx(1 / 51)
     assert table.loc[1, "slope"] == pytest.approx(-0.5, abs=0.1)  # -0.1 per unit, an SD of 5
     assert table.loc[1, "r2_gain"] > 0.3 and table.loc[2, "permutation_p"] > 0.05
-    assert table.loc[1, "formula"] == "clean_nll ~ z_density + n_tokens"
+    assert table.loc[1, "formula"] == "clean_nll ~ z_density + C(n_tokens)"
 
 
 def test_fits_take_perturbed_trials_of_canonical_aliases_per_label_condition():
@@ -251,8 +253,43 @@ def test_only_the_primary_bandwidth_is_corrected_for_multiple_fits():
         **{"log_density_x2": lambda f: f.log_density / 2})}
     table = density_dependence.density_dependence(tables, [1, 2], "primary", 20, 0, "holm")
     primary = table[table.bandwidth_scale == 1]
-    assert (primary.permutation_p_adjusted >= primary.permutation_p).all()
+    np.testing.assert_allclose(primary.permutation_p_adjusted, multipletests(primary.permutation_p, method="holm")[1])
     assert table[table.bandwidth_scale == 2].permutation_p_adjusted.isna().all()
+
+
+def test_pseudo_r2_gain_is_mcfaddens_r2_less_that_without_density():
+    import statsmodels.formula.api as smf
+
+    trials = planted_trials(0.5)
+    fit = density_dependence.fit_density(trials, "log_density", 0, 0)
+    data = density_dependence._design(trials, "log_density")
+    text = fit["formula"]
+    reduced = text.replace("z_density + ", "").replace(" + z_density:strength_z", "")
+
+    def r2(formula):
+        model = smf.glm(formula, data, family=sm.families.Binomial()).fit()
+        return 1 - model.llf / model.llnull
+
+    assert fit["pseudo_r2_gain"] == pytest.approx(r2(text) - r2(reduced), rel=1e-6) and fit["pseudo_r2_gain"] > 0
+
+
+def test_degenerate_joint_fits_say_what_they_are():
+    trials = two_class_trials(0.0, 0.5)
+    # the answer letter fixed by the class: cls is spanned by position and left out, and permutations still run
+    fixed = trials.assign(position=np.where(trials.perturbation == "dropout", "A", "B"))
+    fit = density_dependence.fit_density(fixed, "log_density", 5, 0)
+    assert "left out: cls" in fit["formula"] and fit["permutations"] == 5
+    # density spanned by the controls (one density per source, two sources): not estimable, not carried by density
+    spanned = trials.assign(source=np.where(trials.log_density > -50, "x", "y"))
+    spanned["log_density"] = np.where(spanned.source == "x", -40.0, -60.0)
+    assert "density is spanned by the control terms" in density_dependence.fit_density(spanned, "log_density", 0, 0)["status"]
+    # no canonical trials, or one class only
+    none = density_dependence.density_dependence({("m", "zero_shot"): trials.assign(alias_group="placeholder")}, [1],
+                                                 "primary", 0, 0)
+    assert none.status.tolist() == ["no trials (perturbed, of a canonical alias)"]
+    one = density_dependence.density_dependence({("m", "zero_shot"): trials[trials.perturbation == "dropout"]}, [1],
+                                                "primary", 0, 0)
+    assert one.status.str.contains("one class only").all()
 
 
 def test_permutation_stays_within_strata():

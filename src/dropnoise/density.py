@@ -69,10 +69,16 @@ def _log_kernel_sums(queries: np.ndarray, reference: np.ndarray, bandwidth: floa
     return sums, squares
 
 
+def log_kde_and_neighbours(queries: np.ndarray, reference: np.ndarray, bandwidth: float) -> tuple[np.ndarray, np.ndarray]:
+    """`log_kde` and `effective_neighbours` from one pass over the distances."""
+    n, d = reference.shape
+    sums, squares = _log_kernel_sums(queries, reference, bandwidth)
+    return sums - np.log(n) - 0.5 * d * np.log(2 * np.pi * bandwidth**2), np.exp(2 * sums - squares)
+
+
 def log_kde(queries: np.ndarray, reference: np.ndarray, bandwidth: float) -> np.ndarray:
     """Exact log density of an isotropic Gaussian KDE at each query, computed in log space, in chunks."""
-    n, d = reference.shape
-    return _log_kernel_sums(queries, reference, bandwidth)[0] - np.log(n) - 0.5 * d * np.log(2 * np.pi * bandwidth**2)
+    return log_kde_and_neighbours(queries, reference, bandwidth)[0]
 
 
 def effective_neighbours(queries: np.ndarray, reference: np.ndarray, bandwidth: float) -> np.ndarray:
@@ -80,8 +86,7 @@ def effective_neighbours(queries: np.ndarray, reference: np.ndarray, bandwidth: 
     when one neighbour dominates, near the corpus size when every sentence weighs the same. In high dimension,
     distances concentrate, and at the k-NN bandwidth the KDE can weigh almost the whole corpus equally; it then
     measures closeness to the corpus as a whole (typicality), not local density. This says which one a scale gives."""
-    sums, squares = _log_kernel_sums(queries, reference, bandwidth)
-    return np.exp(2 * sums - squares)
+    return log_kde_and_neighbours(queries, reference, bandwidth)[1]
 
 
 def scale_column(scale: float) -> str:
@@ -100,8 +105,8 @@ def density_table(
     table = targets.copy()
     spread = {}
     for scale in scales:
-        table[scale_column(scale)] = log_kde(target_embeddings, reference_embeddings, bandwidth * scale)
-        neighbours = effective_neighbours(target_embeddings, reference_embeddings, bandwidth * scale)
+        table[scale_column(scale)], neighbours = log_kde_and_neighbours(target_embeddings, reference_embeddings,
+                                                                        bandwidth * scale)
         table[scale_column(scale).replace("log_density", "effective_neighbours")] = neighbours
         spread[f"{scale:g}"] = float(np.median(neighbours))
     facts = {"bandwidth": bandwidth, "k": k, "scales": scales, "n_reference": len(reference_embeddings),

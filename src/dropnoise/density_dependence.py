@@ -15,14 +15,16 @@ classes, which such a response bias cancels; the bias itself is the density x cl
 
 Model, per fit and bandwidth scale, a logistic GLM on per-trial correctness:
 
-    correct ~ z_density + strength_z + z_density:strength_z [+ cls + z_density:cls] [+ C(k)] + n_tokens
+    correct ~ z_density + strength_z + z_density:strength_z [+ cls + z_density:cls] [+ C(k)] + C(n_tokens)
               + clean_nll + C(position) [+ C(source)]
 
 - z_density: the sentence's log density standardised over the fit's sentences, so exp(coef) is the odds ratio per SD
   (averaged over the classes in joint fits: cls is +1/2 for dropout, -1/2 for noise);
 - strength_z: strength standardised within its perturbation (dropout rates and noise SDs have different units), so
-  the odds ratio holds at each class's mean strength;
-- n_tokens: the sentence's length bucket; position: the correct option's letter (in localization, the perturbed
+  the odds ratio holds at each class's mean strength; its slope and `interaction` are shared by the two classes
+  (one per-SD slope);
+- n_tokens: the sentence's length bucket, as categories (NLL and density are both curved in length, so a straight
+  line would leave length's confounding in the density term); position: the correct option's letter (in localization, the perturbed
   sentence's); k: few-shot examples; source: the sentence's source in a mixed pool (else density would carry any
   difference between sources); terms that do not vary within a fit are dropped.
 Trials of one sentence are not independent. The odds ratio's CI and `p_value` (its own 1-df test) use
@@ -30,7 +32,7 @@ cluster-robust covariance by sentence, with t reference distributions on (senten
 `wald_p` (F) and `permutation_p` test the two density terms (z_density, z_density:strength_z) jointly. The
 permutation test shuffles densities across sentences of the same length and source, refits, and compares the
 likelihood-ratio statistic `lr_stat` against the model without those terms (the class term, where present, stays in
-both): it keeps the clustering and is the test to trust with few sentences. (The asymptotic chi-squared p of that
+both with the observed densities, so that a real response bias does not inflate the null): it keeps the clustering and is the test to trust with few sentences. (The asymptotic chi-squared p of that
 statistic treats trials as independent: at 0.05 it rejected a true null in 41% of 200 simulated sets of 60 sentences x
 40 trials with a sentence random effect of SD 1; it is not reported.) `permutation_p_adjusted` corrects it
 (`stats.correction`) over every primary-bandwidth fit of the table; the other scales are a sensitivity sweep, not
@@ -118,7 +120,7 @@ def formula(frame: pd.DataFrame) -> str:
         terms += ["strength_z", "z_density:strength_z"]
     if varies("cls"):
         terms += ["cls", CLASS_TERM]
-    terms += [term for term, name in (("C(k)", "k"), ("n_tokens", "n_tokens"), ("clean_nll", "clean_nll"),
+    terms += [term for term, name in (("C(k)", "k"), ("C(n_tokens)", "n_tokens"), ("clean_nll", "clean_nll"),
                                       ("C(position)", "position"), ("C(source)", "source")) if varies(name)]
     return "correct ~ " + " + ".join(terms)
 
@@ -146,20 +148,21 @@ def permute_within(sentences: pd.DataFrame, column: str, strata: list[str] | str
 
 
 def _with_density(X: pd.DataFrame, z: np.ndarray) -> pd.DataFrame:
-    """The design with every density column recomputed from the per-trial densities z."""
+    """The design with the tested density columns recomputed from the per-trial densities z. The class term keeps
+    the observed densities: a real response bias stays explained in both models, instead of inflating the null."""
     out = X.assign(z_density=z)
-    for term, other in (("z_density:strength_z", "strength_z"), (CLASS_TERM, "cls")):
-        if term in X:
-            out[term] = z * X[other]
+    if "z_density:strength_z" in X:
+        out["z_density:strength_z"] = z * X["strength_z"]
     return out
 
 
 def _independent_columns(X: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """The design without the columns that those before them already span, and the names left out. The intercept and
-    the density terms are taken first, so that of an aliased pair it is the nuisance term that goes."""
-    first = [c for c in ("Intercept", *DENSITY_TERMS, CLASS_TERM) if c in X]
+    """The design without the columns that those before them already span, and the names left out. The controls
+    are taken first and the density terms last, so that density must add something beyond the controls: density
+    spanned by them (e.g. by source and length) is left out, and the fit is then not estimable."""
+    last = [c for c in (CLASS_TERM, *DENSITY_TERMS) if c in X]
     keep, aliased = [], []
-    for column in first + [c for c in X if c not in first]:
+    for column in [c for c in X if c not in last] + last:
         if np.linalg.matrix_rank(X[keep + [column]].to_numpy()) > len(keep):
             keep.append(column)
         else:
@@ -178,6 +181,8 @@ def fit_density(frame: pd.DataFrame, column: str, permutations: int, seed: int) 
     per_sentence = frame.groupby("sentence_id")[column].first()
     base = {"n_trials": len(frame), "n_sentences": len(per_sentence), "accuracy": frame.correct.mean(),
             "log_density_sd": per_sentence.std(ddof=1)}
+    if frame.empty:
+        return {**base, "status": "no trials (perturbed, of a canonical alias)"}
     if frame.correct.nunique() < 2:
         return {**base, "status": "every trial has the same outcome: nothing to explain"}
     if len(per_sentence) < 3 or not base["log_density_sd"] > 0:
@@ -189,7 +194,7 @@ def fit_density(frame: pd.DataFrame, column: str, permutations: int, seed: int) 
     if aliased:  # e.g. a source whose sentences all have one length
         text += f" (collinear, left out: {', '.join(aliased)})"
     if "z_density" in aliased:
-        return {**base, "formula": text, "status": "not estimable: density is collinear with the other terms"}
+        return {**base, "formula": text, "status": "not estimable: density is spanned by the control terms"}
     tested = [t for t in DENSITY_TERMS if t in X]
     try:
         full, problems = _fit(y, X, pd.factorize(data.sentence_id)[0])
@@ -225,8 +230,7 @@ def fit_density(frame: pd.DataFrame, column: str, permutations: int, seed: int) 
         exceed = 0
         for _ in range(permutations):
             permuted = _with_density(X, data.sentence_id.map(permute_within(sentences, "z_density", strata, rng)).to_numpy())
-            null = reduced if CLASS_TERM not in X else _fit(y, permuted.drop(columns=tested))[0]
-            exceed += 2 * (_fit(y, permuted)[0].llf - null.llf) >= lr - 1e-9
+            exceed += 2 * (_fit(y, permuted)[0].llf - reduced.llf) >= lr - 1e-9
         result.update(permutation_p=(exceed + 1) / (permutations + 1), permutations=permutations)
     return result
 
@@ -239,6 +243,8 @@ def density_dependence(tables: dict[tuple[str, str], pd.DataFrame], scales: list
         for perturbation, condition, part in fit_groups(frame, experiment):
             for scale in scales:
                 fit = fit_density(part, scale_column(scale), permutations, seed)
+                if perturbation == "both" and part.perturbation.nunique() == 1 and fit["status"] == "ok":
+                    fit["status"] = "unreliable fit: one class only (a response bias would read as detection)"
                 rows.append({"model": model, "experiment": experiment, "perturbation": perturbation,
                              "label_condition": condition, "bandwidth_scale": scale, "rule": rule, **fit})
     table = pd.DataFrame(rows).reindex(columns=COLUMNS)
@@ -252,7 +258,7 @@ def density_and_nll(densities: dict[str, pd.DataFrame], scales: list[float], per
                     seed: int) -> pd.DataFrame:
     """LMD3's observational check that density means familiarity, per model and bandwidth scale: across the pool's
     sentences (one row each, so independent), does log density predict the model's clean NLL per token beyond length
-    (and source)? OLS `clean_nll ~ z_density + n_tokens [+ C(source)]` with HC3 standard errors; `r2_gain`, the R²
+    (and source)? OLS `clean_nll ~ z_density + C(n_tokens) [+ C(source)]` with HC3 standard errors; `r2_gain`, the R²
     it adds to the model without density; `permutation_p`, the share of density shuffles (within length x source)
     that add as much. A negative slope: denser sentences surprise the model less, as a training-data density should.
     Columns: model, bandwidth_scale, n_sentences, slope (NLL per SD of log density), ci_low, ci_high, p_value, r2,
@@ -260,7 +266,7 @@ def density_and_nll(densities: dict[str, pd.DataFrame], scales: list[float], per
     rows = []
     for model, frame in densities.items():
         data = frame.assign(n_tokens=frame.sentence_tokens)
-        terms = [term for term, name in (("n_tokens", "n_tokens"), ("C(source)", "source")) if data[name].nunique() > 1]
+        terms = [term for term, name in (("C(n_tokens)", "n_tokens"), ("C(source)", "source")) if data[name].nunique() > 1]
         y, controls = patsy.dmatrices("clean_nll ~ " + (" + ".join(terms) or "1"), data, return_type="dataframe")
         y, controls = y.to_numpy()[:, 0], controls.to_numpy()
         strata = [name for name in ("n_tokens", "source") if name in data]
