@@ -26,14 +26,14 @@ def test_log_kde_equals_direct_computation_and_libraries():
     direct = np.log([
         np.mean(np.exp(-((q - reference) ** 2).sum(1) / (2 * h**2))) / (2 * np.pi * h**2) ** 2.5 for q in queries
     ])
-    ours = density.log_kde(queries, reference, h)
+    ours = density.log_kde_and_neighbours(queries, reference, h)[0]
     np.testing.assert_allclose(ours, direct, rtol=1e-10)
     np.testing.assert_allclose(ours, KernelDensity(bandwidth=h).fit(reference).score_samples(queries), rtol=1e-8)
     # one dimension: scipy's gaussian_kde with its bandwidth factor set to h / std
     line = rng.normal(size=200)
     scipy_kde = gaussian_kde(line, bw_method=h / line.std(ddof=1))
-    np.testing.assert_allclose(density.log_kde(line[:20, None], line[:, None], h), scipy_kde.logpdf(line[:20]),
-                               rtol=1e-10)
+    np.testing.assert_allclose(density.log_kde_and_neighbours(line[:20, None], line[:, None], h)[0],
+                               scipy_kde.logpdf(line[:20]), rtol=1e-10)
 
 
 def test_log_kde_stays_exact_where_a_linear_sum_underflows():
@@ -41,7 +41,7 @@ def test_log_kde_stays_exact_where_a_linear_sum_underflows():
     query = np.full((1, 384), 0.5)  # squared distance 96: exp(-96 / (2 * 0.1**2)) underflows to 0
     h = 0.1
     expected = -96 / (2 * h**2) - 0.5 * 384 * np.log(2 * np.pi * h**2)
-    assert density.log_kde(query, reference, h)[0] == pytest.approx(expected, rel=1e-12)
+    assert density.log_kde_and_neighbours(query, reference, h)[0][0] == pytest.approx(expected, rel=1e-12)
     assert np.isfinite(expected)
 
 
@@ -76,14 +76,14 @@ def test_density_table_has_a_column_per_bandwidth_scale():
 def test_effective_neighbours_counts_the_reference_points_a_density_rests_on():
     reference = np.array([[0.0], [0.0], [10.0], [10.0]])
     # narrow kernel at 0: the two points at 0 weigh equally, those at 10 not at all -> 2; very wide: all 4
-    assert density.effective_neighbours(np.array([[0.0]]), reference, 0.5)[0] == pytest.approx(2)
-    assert density.effective_neighbours(np.array([[0.0]]), reference, 1e6)[0] == pytest.approx(4)
+    assert density.log_kde_and_neighbours(np.array([[0.0]]), reference, 0.5)[1][0] == pytest.approx(2)
+    assert density.log_kde_and_neighbours(np.array([[0.0]]), reference, 1e6)[1][0] == pytest.approx(4)
     # on unit vectors in 384 dimensions, distances concentrate: the k-NN bandwidth weighs nearly everything
     rng = np.random.default_rng(0)
     points = rng.normal(size=(501, 384))
     points /= np.linalg.norm(points, axis=1, keepdims=True)
     h = density.knn_bandwidth(points[1:], 10, 500, 0)
-    assert density.effective_neighbours(points[:1], points[1:], h)[0] > 400
+    assert density.log_kde_and_neighbours(points[:1], points[1:], h)[1][0] > 400
 
 
 def test_minilm_embeds_paraphrases_closer_than_unrelated_sentences():

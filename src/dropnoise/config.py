@@ -199,6 +199,11 @@ def settings(config: dict, model: str, experiment: str) -> dict:
     return {**config["experiments"][experiment], **config["models"][model].get("settings", {}).get(experiment, {})}
 
 
+def template(config: dict, model: str, experiment: str) -> str:
+    """The prompt template a model's trials of an experiment are rendered with (its own settings may replace it)."""
+    return settings(config, model, experiment)["template"]
+
+
 def strength_grid(config: dict, model: str):
     """`auto` or the model's explicit zero-shot/few-shot grid (the paper's, for the paper's models)."""
     return config["models"][model].get("strength_grid", "auto")

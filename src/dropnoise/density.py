@@ -70,23 +70,15 @@ def _log_kernel_sums(queries: np.ndarray, reference: np.ndarray, bandwidth: floa
 
 
 def log_kde_and_neighbours(queries: np.ndarray, reference: np.ndarray, bandwidth: float) -> tuple[np.ndarray, np.ndarray]:
-    """`log_kde` and `effective_neighbours` from one pass over the distances."""
+    """Per query: the exact log density of an isotropic Gaussian KDE (computed in log space, in chunks), and Kish's
+    effective number of reference sentences behind it, (sum w)^2 / sum w^2 of the kernel weights: near 1 when one
+    neighbour dominates, near the corpus size when every sentence weighs the same. In high dimension distances
+    concentrate, and at the k-NN bandwidth the KDE can weigh almost the whole corpus equally; it then measures
+    closeness to the corpus as a whole (typicality), not local density. The second number says which one a scale
+    gives."""
     n, d = reference.shape
     sums, squares = _log_kernel_sums(queries, reference, bandwidth)
     return sums - np.log(n) - 0.5 * d * np.log(2 * np.pi * bandwidth**2), np.exp(2 * sums - squares)
-
-
-def log_kde(queries: np.ndarray, reference: np.ndarray, bandwidth: float) -> np.ndarray:
-    """Exact log density of an isotropic Gaussian KDE at each query, computed in log space, in chunks."""
-    return log_kde_and_neighbours(queries, reference, bandwidth)[0]
-
-
-def effective_neighbours(queries: np.ndarray, reference: np.ndarray, bandwidth: float) -> np.ndarray:
-    """Kish's effective number of reference sentences behind each query's density, (sum w)^2 / sum w^2: near 1
-    when one neighbour dominates, near the corpus size when every sentence weighs the same. In high dimension,
-    distances concentrate, and at the k-NN bandwidth the KDE can weigh almost the whole corpus equally; it then
-    measures closeness to the corpus as a whole (typicality), not local density. This says which one a scale gives."""
-    return log_kde_and_neighbours(queries, reference, bandwidth)[1]
 
 
 def scale_column(scale: float) -> str:

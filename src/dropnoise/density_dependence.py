@@ -99,10 +99,18 @@ def fit_groups(frame: pd.DataFrame, experiment: str):
         yield "both", "", canonical
 
 
+def _standardised(values: pd.Series) -> pd.Series:
+    return (values - values.mean()) / values.std(ddof=1)
+
+
+def _strata(data: pd.DataFrame) -> list[str]:
+    """What a density shuffle keeps fixed: the sentence's length, and its source in a mixed pool."""
+    return [name for name in ("n_tokens", "source") if name in data]
+
+
 def _design(frame: pd.DataFrame, column: str) -> pd.DataFrame:
     """Standardised density (over sentences), strength standardised within its perturbation, and the class code."""
-    per_sentence = frame.groupby("sentence_id")[column].first()
-    z = (per_sentence - per_sentence.mean()) / per_sentence.std(ddof=1)
+    z = _standardised(frame.groupby("sentence_id")[column].first())
     by_class = frame.groupby("perturbation").strength
     spread = by_class.transform("std", ddof=0)
     strength_z = ((frame.strength - by_class.transform("mean")) / spread.where(spread > 0)).fillna(0.0)
@@ -225,7 +233,7 @@ def fit_density(frame: pd.DataFrame, column: str, permutations: int, seed: int) 
     }
     if permutations:
         rng = np.random.default_rng(seed)
-        strata = [name for name in ("n_tokens", "source") if name in data]
+        strata = _strata(data)
         sentences = data.groupby("sentence_id")[["z_density", *strata]].first()
         exceed = 0
         for _ in range(permutations):
@@ -269,17 +277,16 @@ def density_and_nll(densities: dict[str, pd.DataFrame], scales: list[float], per
         terms = [term for term, name in (("C(n_tokens)", "n_tokens"), ("C(source)", "source")) if data[name].nunique() > 1]
         y, controls = patsy.dmatrices("clean_nll ~ " + (" + ".join(terms) or "1"), data, return_type="dataframe")
         y, controls = y.to_numpy()[:, 0], controls.to_numpy()
-        strata = [name for name in ("n_tokens", "source") if name in data]
+        controls_r2 = sm.OLS(y, controls).fit().rsquared
+        strata = _strata(data)
         for scale in scales:
-            column = data[scale_column(scale)]
-            z = ((column - column.mean()) / column.std(ddof=1)).to_numpy()
-            X = np.column_stack([controls, z])
-            fit = sm.OLS(y, X).fit(cov_type="HC3")
-            gain = fit.rsquared - sm.OLS(y, controls).fit().rsquared
+            z = _standardised(data[scale_column(scale)]).to_numpy()
+            fit = sm.OLS(y, np.column_stack([controls, z])).fit(cov_type="HC3")
+            gain = fit.rsquared - controls_r2
             rng = np.random.default_rng(seed)
             shuffles = data[strata].assign(z=z)
             exceed = sum(sm.OLS(y, np.column_stack([controls, permute_within(shuffles, "z", strata, rng)])).fit().rsquared
-                         - (fit.rsquared - gain) >= gain - 1e-12 for _ in range(permutations))
+                         - controls_r2 >= gain - 1e-12 for _ in range(permutations))
             low, high = fit.conf_int()[-1]
             rows.append({"model": model, "bandwidth_scale": scale, "n_sentences": len(data), "slope": fit.params[-1],
                          "ci_low": low, "ci_high": high, "p_value": fit.pvalues[-1], "r2": fit.rsquared,

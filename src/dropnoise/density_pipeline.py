@@ -93,28 +93,32 @@ def build_density(config: dict, sentence_file: str, features_file: str, out_csv:
     outputs.write_json({**facts, "encoder": settings["encoder"], "corpus": sentences.corpus_source(config)}, out_json)
 
 
-def joined_tables(models: list[str], experiments: list[str], trial_files: list[str], density_files: list[str],
-                  rule: str) -> dict[tuple[str, str], pd.DataFrame]:
+def read_densities(models: list[str], density_files: list[str]) -> dict[str, pd.DataFrame]:
+    """model -> its results/{model}/density.csv."""
+    return {model: pd.read_csv(path, keep_default_na=False) for model, path in zip(models, density_files)}
+
+
+def joined_tables(models: list[str], experiments: list[str], trial_files: list[str],
+                  densities: dict[str, pd.DataFrame], rule: str) -> dict[tuple[str, str], pd.DataFrame]:
     """(model, experiment) -> per-trial rows joined with their sentences' densities. `trial_files` are ordered
     model-major, as `density_inputs` in common.smk lists them."""
     tables = {}
     for i, model in enumerate(models):
-        frame = pd.read_csv(density_files[i], keep_default_na=False)
         for j, experiment in enumerate(experiments):
             trials = pd.read_csv(trial_files[i * len(experiments) + j])
-            tables[model, experiment] = density_dependence.join(trials, frame, rule)
+            tables[model, experiment] = density_dependence.join(trials, densities[model], rule)
     return tables
 
 
 def build_dependence(models, experiments, trial_files, density_files, config: dict, out: str,
                      out_contrast: str, out_nll: str) -> None:
     settings = config["density"]
-    densities = {model: pd.read_csv(path, keep_default_na=False) for model, path in zip(models, density_files)}
+    densities = read_densities(models, density_files)
     nll = density_dependence.density_and_nll(densities, settings["bandwidth"]["scales"], settings["permutations"],
                                              settings["seed"])
     log.info("clean NLL on density:\n%s", nll.drop(columns="formula").to_string(index=False))
     outputs.write_csv(nll, out_nll)
-    tables = joined_tables(models, experiments, trial_files, density_files, settings["rule"])
+    tables = joined_tables(models, experiments, trial_files, densities, settings["rule"])
     result = density_dependence.density_dependence(tables, settings["bandwidth"]["scales"], settings["rule"],
                                                    settings["permutations"], settings["seed"],
                                                    config["stats"]["correction"])
@@ -125,6 +129,7 @@ def build_dependence(models, experiments, trial_files, density_files, config: di
 
 def build_figures(models, experiments, trial_files, density_files, dependence_file: str, config: dict,
                   deciles_stem: str, forest_stem: str) -> None:
-    tables = joined_tables(models, experiments, trial_files, density_files, config["density"]["rule"])
+    tables = joined_tables(models, experiments, trial_files, read_densities(models, density_files),
+                           config["density"]["rule"])
     style.save(density_figures.deciles_figure(tables), deciles_stem)
     style.save(density_figures.forest_figure(pd.read_csv(dependence_file)), forest_stem)

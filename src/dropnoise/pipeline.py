@@ -177,7 +177,7 @@ def run_shard(model_key: str, model_dir: str, prompt_file: str, experiment: str,
     else:
         strengths = {kind: tasks.expand_grid(values) for kind, values in dnconfig.grid(config, model_key, experiment).items()}
     trials = outputs.read_jsonl(prompt_file)
-    template = load_template(dnconfig.settings(config, model_key, experiment)["template"], tasks.PLACEHOLDERS[experiment])
+    template = load_template(dnconfig.template(config, model_key, experiment), tasks.PLACEHOLDERS[experiment])
     model, tokenizer = _load_model(model_key, model_dir, config, threads)
     perturbation = config["perturbation"]
     recorder = None
@@ -414,8 +414,7 @@ def steering_table(model_key: str, model_dir: str, prompt_file: str, grid_file: 
     conditions = [{"dropout": 0.0, "noise": 0.0}, *({kind: grid[kind][level[kind]]} for kind in PERTURBATIONS)]
     pool = pd.read_csv(sentence_file, keep_default_na=False)
     texts = pool.sentence.sample(min(settings["guard_sentences"], len(pool)), random_state=seed % 2**32).tolist()
-    template = dnconfig.settings(config, model_key, "zero_shot")["template"]
-    letters = load_template(template, tasks.PLACEHOLDERS["zero_shot"]).letters
+    letters = load_template(dnconfig.template(config, model_key, "zero_shot"), tasks.PLACEHOLDERS["zero_shot"]).letters
 
     model, tokenizer = _load_model(model_key, model_dir, config, threads)
     batch_size = entry.get("batch_size", config["inference"]["batch_size"])

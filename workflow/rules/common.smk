@@ -195,8 +195,7 @@ def model_folder(wildcards):
 
 
 def prompt_set_inputs(wildcards):
-    template = dnconfig.settings(config, wildcards.model, wildcards.experiment)["template"]  # (a model's own, if set)
-    inputs = {"model": model_folder(wildcards), "template": template}
+    inputs = {"model": model_folder(wildcards), "template": dnconfig.template(config, wildcards.model, wildcards.experiment)}
     if wildcards.experiment != "localization_control":
         inputs["sentences"] = f"results/{wildcards.model}/sentences.csv"
     if wildcards.experiment in dnconfig.GRID_EXPERIMENTS:
@@ -348,7 +347,7 @@ def trial_inputs(wildcards):
 def probe_inputs(wildcards):
     """Activations, trial tables and prompt templates (their option letters name the labels) per captured experiment."""
     inputs = {f"activations_{experiment}": paths for experiment, paths in activation_files(wildcards).items()}
-    templates = {f"template_{e}": dnconfig.settings(config, wildcards.model, e)["template"] for e in captured(wildcards)}
+    templates = {f"template_{e}": dnconfig.template(config, wildcards.model, e) for e in captured(wildcards)}
     return {**inputs, **templates, **trial_inputs(wildcards)}
 
 
