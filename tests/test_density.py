@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import patsy
 import pytest
 import statsmodels.api as sm
 import torch
@@ -294,9 +295,47 @@ def test_degenerate_joint_fits_say_what_they_are():
 
 def test_permutation_stays_within_strata():
     sentences = pd.DataFrame({"value": np.arange(8.0), "stratum": [3, 3, 3, 7, 7, 7, 7, 11]})
-    shuffled = density_dependence.permute_within(sentences, "value", "stratum", np.random.default_rng(0))
-    for _, group in sentences.groupby("stratum"):
-        assert sorted(shuffled[group.index]) == sorted(group.value)
+    drawn = density_dependence.shuffles_within(sentences, "value", ["stratum"], 50, np.random.default_rng(0))
+    assert drawn.shape == (50, 8)
+    for index in sentences.groupby("stratum").indices.values():
+        assert (np.sort(drawn[:, index], axis=1) == sentences.value.to_numpy()[index]).all()
+    assert len({tuple(row) for row in drawn}) > 10  # the draws differ from one another
+
+
+def test_score_statistic_equals_statsmodels_score_test():
+    """The per-sentence shortcut must give Rao's score statistic of the density terms, observed and shuffled."""
+    data = density_dependence._design(planted_trials(0.4), "log_density")
+    y, X = patsy.dmatrices(density_dependence.formula(data), data, return_type="dataframe")
+    tested = ["z_density", "z_density:strength_z"]
+    reduced = sm.GLM(y, X.drop(columns=tested), family=sm.families.Binomial()).fit()
+    sentences = data.groupby("sentence_id").z_density.first()
+    sentence = pd.Categorical(data.sentence_id, categories=sentences.index).codes
+    z = np.vstack([sentences.to_numpy(), np.random.default_rng(3).permutation(sentences.to_numpy())])
+    carriers = np.column_stack([np.ones(len(data)), data.strength_z])
+    ours = density_dependence.score_statistics(reduced, sentence, carriers, z)
+    for row, statistic in zip(z, ours):
+        extra = row[sentence][:, None] * carriers
+        expected = reduced.model.score_test(reduced.params, exog_extra=extra)[0]
+        assert statistic == pytest.approx(float(np.squeeze(expected)), rel=1e-6)
+
+
+def test_permutation_test_keeps_its_size_when_trials_of_a_sentence_are_correlated():
+    """No density effect, a sentence random effect of SD 1: the permutation test must reject about 5% of null sets
+    at 0.05, where the chi-squared p of the same statistic, which treats trials as independent, rejects far more."""
+    from scipy.stats import chi2
+
+    rejections, naive, sets = 0, 0, 200
+    for seed in range(sets):
+        trials = planted_trials(0.0, n_sentences=40, per_sentence=20, seed=seed)
+        rng = np.random.default_rng(1000 + seed)
+        sentence_effect = trials.sentence_id.map(pd.Series(rng.normal(0, 1, 40), [f"s{i}" for i in range(40)]))
+        logit = sentence_effect + (trials.strength - 0.5) + 0.3 * (trials.answer == "A")
+        trials["correct"] = (rng.random(len(trials)) < 1 / (1 + np.exp(-logit))).astype(int)
+        fit = density_dependence.fit_density(trials, "log_density", permutations=99, seed=seed)
+        rejections += fit["permutation_p"] <= 0.05
+        naive += chi2.sf(fit["score_stat"], 2) <= 0.05
+    assert rejections <= 18  # P(X > 18) < 0.01 for X ~ Binomial(200, 0.05)
+    assert naive >= 30  # the clustering is strong enough to matter
 
 
 def test_constant_terms_leave_the_formula_and_degenerate_tables_are_reported():
