@@ -75,6 +75,12 @@ COLUMNS = ["model", "experiment", "perturbation", "label_condition", "bandwidth_
            "permutation_p_adjusted", "status", "formula"]
 
 
+# What the fits, the source contrast and the figures read of a per-trial table, besides `correct_{rule}`: the rest of
+# a paper-scale few-shot table (36 columns, 9.6M rows) need not be held.
+TRIAL_COLUMNS = ("sentence_id", "sentence_tokens", "answer", "perturbation", "strength", "alias_group",
+                 "label_condition", "k")
+
+
 def join(trials: pd.DataFrame, density: pd.DataFrame, rule: str) -> pd.DataFrame:
     """Per-trial rows with their sentence's density columns, `correct` by the scoring rule, and `position`."""
     keep = ["sentence_id", "source", "clean_nll"] + [c for c in density if c.startswith("log_density")]

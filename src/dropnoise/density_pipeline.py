@@ -105,7 +105,8 @@ def joined_tables(models: list[str], experiments: list[str], trial_files: list[s
     tables = {}
     for i, model in enumerate(models):
         for j, experiment in enumerate(experiments):
-            trials = pd.read_csv(trial_files[i * len(experiments) + j])
+            wanted = {*density_dependence.TRIAL_COLUMNS, f"correct_{rule}"}
+            trials = pd.read_csv(trial_files[i * len(experiments) + j], usecols=lambda column: column in wanted)
             tables[model, experiment] = density_dependence.join(trials, densities[model], rule)
     return tables
 

@@ -1,4 +1,5 @@
-# aggregate reads the model folder's marker through the model module, hence the inference env.
+# aggregate reads the model folder's marker through the model module, hence the inference env. The table rules are
+# cluster jobs: a paper-scale few-shot table takes 7 to 9 GB to hold (table_mem_mb), too much for a submit host.
 rule aggregate:
     input:
         shards=shard_files,
@@ -8,9 +9,10 @@ rule aggregate:
         provenance="results/{model}/{experiment}.provenance.json",
     log:
         "logs/aggregate/{model}/{experiment}.log",
+    resources:
+        mem_mb=lambda wildcards, input, attempt: table_mem_mb(input.shards, attempt, together=True),
     conda:
         "../../envs/inference.yaml",
-    localrule: True
     script:
         "../scripts/aggregate.py"
 
@@ -22,9 +24,10 @@ rule summarize:
         "results/{model}/{experiment}.summary.csv",
     log:
         "logs/summarize/{model}/{experiment}.log",
+    resources:
+        mem_mb=lambda wildcards, input, attempt: table_mem_mb(input, attempt),
     conda:
         "../../envs/analysis.yaml",
-    localrule: True
     script:
         "../scripts/summarize.py"
 
@@ -46,8 +49,9 @@ rule stats_table:
         settings=config["stats"],
         caption=lambda wildcards: CAPTIONS[wildcards.table],
         provenance=provenance,
+    resources:
+        mem_mb=lambda wildcards, input, attempt: table_mem_mb(input.trials, attempt),
     conda:
         "../../envs/analysis.yaml",
-    localrule: True
     script:
         "../scripts/stats_table.py"

@@ -69,6 +69,8 @@ rule density_dependence:
         nll="results/stats/density_nll.csv",
     log:
         "logs/density_dependence.log",
+    resources:
+        mem_mb=lambda wildcards, input, attempt: table_mem_mb(input.trials, attempt, together=True, times=1),
     conda:
         "../../envs/density.yaml"
     params:
@@ -100,12 +102,13 @@ rule density_figures:
         odds_ratios_pdf="paper_figures/density_odds_ratios.pdf",
     log:
         "logs/density_figures.log",
+    resources:
+        mem_mb=lambda wildcards, input, attempt: table_mem_mb(input.trials, attempt, together=True, times=1),
     conda:
         "../../envs/density.yaml"
     params:
         models=config["run"]["models"],
         experiments=density_experiments(),
         provenance=provenance,
-    localrule: True
     script:
         "../scripts/density_figures.py"
