@@ -300,18 +300,38 @@ def test_permutation_stays_within_strata():
     for index in sentences.groupby("stratum").indices.values():
         assert (np.sort(drawn[:, index], axis=1) == sentences.value.to_numpy()[index]).all()
     assert len({tuple(row) for row in drawn}) > 10  # the draws differ from one another
+    missing = sentences.assign(stratum=np.nan)  # a missing stratum is one stratum, not left out
+    drawn = density_dependence.shuffles_within(missing, "value", ["stratum"], 50, np.random.default_rng(0))
+    assert (np.sort(drawn, axis=1) == sentences.value.to_numpy()).all() and len({tuple(r) for r in drawn}) > 10
 
 
-def test_score_statistic_equals_statsmodels_score_test():
+def _mixed_sources(effect):
+    natural = planted_trials(effect, seed=2).assign(source="natural", sentence_id=lambda f: "n" + f.sentence_id)
+    return pd.concat([planted_trials(effect, seed=1), natural], ignore_index=True)
+
+
+def _few_shot(effect):
+    trials = two_class_trials(bias=0.3, detection=effect)
+    return trials.assign(k=np.random.default_rng(4).choice([1, 3, 5], len(trials)))
+
+
+@pytest.mark.parametrize("trials", [
+    lambda: planted_trials(0.4),  # one class
+    lambda: planted_trials(0.4).assign(strength=0.5),  # one tested term (no strength interaction)
+    lambda: two_class_trials(bias=0.5, detection=0.3),  # both classes, the class term kept at observed density
+    lambda: _mixed_sources(0.3),  # C(source)
+    lambda: _few_shot(0.3),  # C(k)
+], ids=["one_class", "one_term", "two_classes", "sources", "few_shot_k"])
+def test_score_statistic_equals_statsmodels_score_test(trials):
     """The per-sentence shortcut must give Rao's score statistic of the density terms, observed and shuffled."""
-    data = density_dependence._design(planted_trials(0.4), "log_density")
+    data = density_dependence._design(trials(), "log_density")
     y, X = patsy.dmatrices(density_dependence.formula(data), data, return_type="dataframe")
-    tested = ["z_density", "z_density:strength_z"]
+    tested = [t for t in density_dependence.DENSITY_TERMS if t in X]
     reduced = sm.GLM(y, X.drop(columns=tested), family=sm.families.Binomial()).fit()
     sentences = data.groupby("sentence_id").z_density.first()
     sentence = pd.Categorical(data.sentence_id, categories=sentences.index).codes
     z = np.vstack([sentences.to_numpy(), np.random.default_rng(3).permutation(sentences.to_numpy())])
-    carriers = np.column_stack([np.ones(len(data)), data.strength_z])
+    carriers = np.column_stack([np.ones(len(data)), data.strength_z][: len(tested)])
     ours = density_dependence.score_statistics(reduced, sentence, carriers, z)
     for row, statistic in zip(z, ours):
         extra = row[sentence][:, None] * carriers
