@@ -1,6 +1,6 @@
 """Time and peak memory of the table jobs on a paper-scale few-shot table (the largest: 9.6M rows per model).
 
-    python benchmarks/table_jobs.py make /tmp/few_shot_shards        # 121 synthetic shards, 2.9 GB (3 minutes)
+    python benchmarks/table_jobs.py make /tmp/few_shot_shards        # 121 synthetic shards, 3.0 GiB (3 minutes)
     python benchmarks/table_jobs.py aggregate /tmp/few_shot_shards   # then summarize, condition_tests, ...
 
 `make` writes shards shaped like the paper config's few-shot jobs (41 base trials each, 8 aliases x 2 label

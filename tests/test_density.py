@@ -16,7 +16,7 @@ from sklearn.neighbors import KernelDensity
 from statsmodels.stats.multitest import multipletests
 
 from conftest import ROOT, build_tiny
-from dropnoise import density, density_dependence, density_figures, sentence_encoders
+from dropnoise import density, density_dependence, density_figures, density_pipeline, sentence_encoders
 from test_workflow import snakemake
 
 
@@ -400,11 +400,18 @@ def test_a_mixed_pool_tags_each_source_and_keeps_the_main_sources_ids(smol_token
     pd.testing.assert_frame_equal(mixed[mixed.source == "synthetic"].reset_index(drop=True), alone)
 
 
-def test_figures_draw_every_strength_and_every_fit():
+def test_figures_draw_every_strength_and_every_fit(tmp_path):
     trials = planted_trials(0.8)
-    deciles = density_figures.deciles_figure({("m", "localization"): trials})
+    # as the rule reads it: the trial table's CSV (only the columns the analysis uses) joined with density.csv
+    trial_file, density = tmp_path / "localization.csv", trials.drop_duplicates("sentence_id")
+    trials.drop(columns=["log_density", "clean_nll", "source"]).rename(columns={"correct": "correct_primary"}).assign(
+        pred_primary="A", logit_A=0.0).to_csv(trial_file, index=False)
+    tables = density_pipeline.joined_tables(["m"], ["localization"], [str(trial_file)], {"m": density}, "primary")
+    assert not {"pred_primary", "logit_A"} & set(tables["m", "localization"])
+    deciles = density_figures.deciles_figure(tables)
     panel = deciles.axes[0]
     assert len(panel.lines) == trials.strength.nunique() + 1  # one per strength, plus chance
+    assert panel.lines[-1].get_ydata()[0] == 0.5  # chance: two options
     trials = trials.assign(**{"log_density_x0.5": 2 * trials.log_density, "log_density_x2": trials.log_density / 2})
     fits = density_dependence.density_dependence({("m", "localization"): trials}, [0.5, 1, 2], "primary", 0, 0)
     forest = density_figures.forest_figure(fits)

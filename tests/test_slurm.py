@@ -31,8 +31,8 @@ TEST_PROFILE = ROOT / "tests/slurm/profile"
 RENDER = ROOT / "tests/slurm/render_sbatch.py"
 MODELS = yaml.safe_load((ROOT / "config.yaml").read_text())["models"]
 SHARD = "results/{model}/shards/localization/0.csv"
-# The real-cluster test: presets/ci.yaml on one model and the two localization experiments (12 jobs, 6 of them
-# submitted; with zero_shot and few_shot too: 23 jobs, 12 submitted, and about 5.5 instead of 3 minutes). The
+# The real-cluster test: presets/ci.yaml on one model and the two localization experiments (12 of its jobs submitted,
+# about 3 minutes; with zero_shot and few_shot too, more jobs and about twice the time). The
 # preset's extensions (probes, dynamics, density) are off through tests/slurm/extensions_off.yaml (--config passes strings).
 TINY_EXPERIMENTS = ["localization", "localization_control"]
 TINY_RUN = [

@@ -78,10 +78,15 @@ COLUMNS = ["model", "experiment", "perturbation", "label_condition", "bandwidth_
            "permutation_p_adjusted", "status", "formula"]
 
 
-# What the fits, the source contrast and the figures read of a per-trial table, besides `correct_{rule}`: the rest of
-# a paper-scale few-shot table (36 columns, 9.6M rows) need not be held.
 TRIAL_COLUMNS = ("sentence_id", "sentence_tokens", "answer", "perturbation", "strength", "alias_group",
                  "label_condition", "k")
+
+
+def reads(rule: str):
+    """Which columns of a per-trial table the fits, the source contrast and the figures read (TRIAL_COLUMNS, the
+    rule's correctness, and the option probabilities, whose count is the figures' chance level): a `usecols` for
+    read_csv, since the rest of a paper-scale few-shot table (36 columns, 9.6M rows) need not be held."""
+    return lambda column: column in TRIAL_COLUMNS or column == f"correct_{rule}" or column.startswith("prob_")
 
 
 def join(trials: pd.DataFrame, density: pd.DataFrame, rule: str) -> pd.DataFrame:

@@ -101,12 +101,12 @@ def read_densities(models: list[str], density_files: list[str]) -> dict[str, pd.
 def joined_tables(models: list[str], experiments: list[str], trial_files: list[str],
                   densities: dict[str, pd.DataFrame], rule: str) -> dict[tuple[str, str], pd.DataFrame]:
     """(model, experiment) -> per-trial rows joined with their sentences' densities. `trial_files` are ordered
-    model-major, as `density_inputs` in common.smk lists them."""
+    model-major, as `density_dependence_inputs` in common.smk lists them. Only the columns the analysis reads are
+    loaded (`density_dependence.reads`)."""
     tables = {}
     for i, model in enumerate(models):
         for j, experiment in enumerate(experiments):
-            wanted = {*density_dependence.TRIAL_COLUMNS, f"correct_{rule}"}
-            trials = pd.read_csv(trial_files[i * len(experiments) + j], usecols=lambda column: column in wanted)
+            trials = pd.read_csv(trial_files[i * len(experiments) + j], usecols=density_dependence.reads(rule))
             tables[model, experiment] = density_dependence.join(trials, densities[model], rule)
     return tables
 

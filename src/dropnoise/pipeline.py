@@ -264,12 +264,13 @@ def stats_table(table: str, trial_files: list[str], aliases_file: str, settings:
     from . import stats
 
     groups = load_aliases(aliases_file).groups()
-    parts = []
-    for path in trial_files:
+
+    def tests_of(path: str) -> pd.DataFrame:  # one trial table held at a time (a paper-scale few-shot one is 7 GiB)
         trials = read_trials(path)
-        experiment = trials["experiment"].iloc[0]
         log.info("%s: %s (%d trials)", table, path, len(trials))
-        parts.append(stats.build(table, trials, experiment, groups, **settings))
+        return stats.build(table, trials, trials["experiment"].iloc[0], groups, **settings)
+
+    parts = [tests_of(path) for path in trial_files]
     frame = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else pd.DataFrame()
     outputs.write_csv(frame, out_csv)
     outputs.atomic_write_text(out_tex, stats.to_latex(frame))

@@ -268,8 +268,8 @@ def model_runtime(wildcards, attempt):
 def table_mem_mb(files, attempt, together=False, times=4):
     """Memory of a job that holds per-trial tables in pandas: `times` the CSV it holds at once, at least 4 GB.
     Whole tables take about three times their CSV (a paper-scale few-shot table, 3.0 GiB: 8.9 GiB to aggregate from
-    its shards, 6.9 GiB to summarise or test; benchmarks/README.md), hence 4; the density rules read a quarter of
-    the columns (0.9 GiB for that table), hence 1. `together`: the files are held at once (a table's shards, the
+    its shards, 6.8 to 6.9 GiB to summarise or test; benchmarks/README.md), hence 4; the density rules read a third of
+    the columns (1.5 GiB for that table), hence 1. `together`: the files are held at once (a table's shards, the
     density rules' tables), else one after another (a statistics table's trial tables)."""
     sizes = [os.path.getsize(f) for f in files]
     held = sum(sizes) if together else max(sizes, default=0)
