@@ -6,7 +6,8 @@
 Builds a synthetic per-trial table of the shape `density_dependence.fit_density` gets from a paper run (sentences
 drawn from `--per-bucket` per length bucket, each base trial under every strength, the option position random, no
 density effect), then times the fit without permutations and with `--permutations` density shuffles (the fastest of
-`--repeats`), and prints both and the cost per shuffle. The paper config runs 4 bandwidth scales of about 5 such fits per model.
+`--repeats`), and prints both and the cost per shuffle. The paper config runs 4 bandwidth scales of about 5 such
+fits per model.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ BUCKETS = (3, 7, 11, 15, 19, 23)
 def synthetic_trials(base_trials: int, strengths: int, per_bucket: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     bucket = rng.choice(BUCKETS, base_trials)
-    sentence = np.char.add(np.char.add("t", bucket.astype(str)), "-" + rng.integers(0, per_bucket, base_trials).astype(str))
+    drawn = rng.integers(0, per_bucket, base_trials)
+    sentence = [f"t{b:02d}-{s:05d}" for b, s in zip(bucket, drawn)]
     base = pd.DataFrame({"sentence_id": sentence, "n_tokens": bucket, "position": rng.choice(["A", "B"], base_trials)})
     per_sentence = base.drop_duplicates("sentence_id").set_index("sentence_id")
     density = pd.Series(rng.normal(-50, 5, len(per_sentence)), per_sentence.index)

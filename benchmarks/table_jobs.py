@@ -56,16 +56,17 @@ def shard(index: int, base_trials: int, rng: np.random.Generator) -> pd.DataFram
         "alias_group": names[alias, 1], "k": k, "label_condition": np.where(label == 0, "correct", "swapped"),
         "perturbation": test, "strength": np.where(test == "dropout", dropout, noise), "dropout_strength": dropout,
         "noise_strength": noise, "seed": 42, "logit_A": logit_a, "prob_A": prob_a, "sum_prob_A": prob_a,
-        "logit_B": logit_b, "prob_B": prob_b, "sum_prob_B": prob_b, "pred_primary": pred, "correct_primary": pred == answer,
-        "pred_aggregate": pred, "correct_aggregate": pred == answer, "pred_argmax": pred,
-        "correct_argmax": pred == answer, "logit_diff": logit_a - logit_b,
+        "logit_B": logit_b, "prob_B": prob_b, "sum_prob_B": prob_b, "pred_primary": pred,
+        "correct_primary": pred == answer, "pred_aggregate": pred, "correct_aggregate": pred == answer,
+        "pred_argmax": pred, "correct_argmax": pred == answer, "logit_diff": logit_a - logit_b,
         "log_prob_correct": np.log(np.where(answer == "A", prob_a, prob_b) + 1e-9), "argmax_token": " " + pred,
         "entropy": 3 * rng.random(n),
     })
 
 
 def main():
-    steps = ["make", "aggregate", "summarize", *[t for t, experiments in STATS_TABLES.items() if "few_shot" in experiments]]
+    tables = [table for table, experiments in STATS_TABLES.items() if "few_shot" in experiments]
+    steps = ["make", "aggregate", "summarize", *tables]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=steps)
     parser.add_argument("folder", type=Path, help="where the shards and the aggregated table go")
@@ -91,7 +92,8 @@ def main():
                              str(args.folder / f"{args.step}.csv"), str(args.folder / f"{args.step}.tex"))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     size = table.stat().st_size / 2**30 if table.exists() else float("nan")
-    print(f"{args.step}: {time.perf_counter() - start:.0f} s, peak memory {peak:.1f} GiB (few_shot.csv: {size:.2f} GiB)")
+    print(f"{args.step}: {time.perf_counter() - start:.0f} s, peak memory {peak:.1f} GiB "
+          f"(few_shot.csv: {size:.2f} GiB)")
 
 
 if __name__ == "__main__":

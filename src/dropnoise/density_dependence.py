@@ -34,24 +34,23 @@ permutation test shuffles densities across sentences of the same length and sour
 statistic for adding those terms to the model without them (`score_stat`; the class term, where present, stays in
 that model with the observed densities, so that a real response bias does not inflate the null): it keeps the
 clustering and is the test to trust with few sentences. The score statistic needs no refit per shuffle (see
-`score_statistics`), and is asymptotically the likelihood-ratio statistic `lr_stat` (reported, with the
-pseudo-R² gain it gives). The chi-squared p of either treats trials as independent: at 0.05 it rejected a true null in
-about 30% of simulated sets with a sentence random effect of SD 1 (23 to 49% in a reviewer's other settings; the
-test asserts at least 15%), so it is not reported. The permutation test is approximate, not exact, where density
+`score_statistics`), and is asymptotically the likelihood-ratio statistic `lr_stat` (reported, with the pseudo-R²
+gain it gives). The chi-squared p of either treats trials as independent: at 0.05 it rejected a true null in about
+30% of simulated sets with a sentence random effect of SD 1 (23 to 49% in a reviewer's other settings; the test
+asserts at least 15%), so it is not reported. The permutation test is approximate, not exact, where density
 correlates with a control that stays in the model (clean_nll, the class term): simulated rejection rates at 0.05
-were 5 to 7.5%, at 0.01 up to 1.7%, as with the refits it replaced.
-`permutation_p_adjusted` corrects the permutation p
-(`stats.correction`) over every primary-bandwidth fit of the table; the other scales are a sensitivity sweep, not
-further evidence, and are not adjusted.
+were 5 to 7.5%, at 0.01 up to 1.7%, as with the refits it replaced. `permutation_p_adjusted` corrects the
+permutation p (`stats.correction`) over every primary-bandwidth fit of the table; the other scales are a sensitivity
+sweep, not further evidence, and are not adjusted.
 
 Output columns (results/stats/density_dependence.csv): model, experiment, perturbation (dropout, noise, or both),
 label_condition (few-shot), bandwidth_scale, rule, n_trials, n_sentences, accuracy, log_density_sd, odds_ratio,
 ci_low, ci_high (per SD of log density), p_value, interaction (per SD of log density per SD of strength),
-class_interaction (dropout minus noise), lr_stat, lr_df, score_stat, pseudo_r2_gain (McFadden's R² of the model less that
-of the model without the density terms), wald_p, permutation_p, permutations,
-permutation_p_adjusted, status (ok; or why a fit was skipped, failed or is not estimable: separation, or no more
-sentences than parameters, where every estimate and test is left empty; or why it is unreliable, e.g. fewer than 10
-minority outcomes per parameter within the option positions), formula.
+class_interaction (dropout minus noise), lr_stat, lr_df, score_stat, pseudo_r2_gain (McFadden's R² of the model less
+that of the model without the density terms), wald_p, permutation_p, permutations, permutation_p_adjusted, status
+(ok; or why a fit was skipped, failed or is not estimable: separation, or no more sentences than parameters, where
+every estimate and test is left empty; or why it is unreliable, e.g. fewer than 10 minority outcomes per parameter
+within the option positions), formula.
 """
 
 from __future__ import annotations
@@ -74,8 +73,8 @@ CLASS_TERM = "z_density:cls"  # density's effect on saying "dropout" (response b
 MIN_MINORITY_PER_PARAMETER = 10
 COLUMNS = ["model", "experiment", "perturbation", "label_condition", "bandwidth_scale", "rule", "n_trials",
            "n_sentences", "accuracy", "log_density_sd", "odds_ratio", "ci_low", "ci_high", "p_value", "interaction",
-           "class_interaction", "lr_stat", "lr_df", "score_stat", "pseudo_r2_gain", "wald_p", "permutation_p", "permutations",
-           "permutation_p_adjusted", "status", "formula"]
+           "class_interaction", "lr_stat", "lr_df", "score_stat", "pseudo_r2_gain", "wald_p", "permutation_p",
+           "permutations", "permutation_p_adjusted", "status", "formula"]
 
 
 TRIAL_COLUMNS = ("sentence_id", "sentence_tokens", "answer", "perturbation", "strength", "alias_group",
