@@ -240,8 +240,11 @@ def fit_density(frame: pd.DataFrame, column: str, permutations: int, seed: int) 
     if "z_density" in aliased:
         return {**base, "formula": text, "status": "not estimable: density is spanned by the control terms"}
     tested = [t for t in DENSITY_TERMS if t in X]
+    strata = _strata(data)
+    sentences = data.groupby("sentence_id")[["z_density", *strata]].first()
+    sentence = pd.Categorical(data.sentence_id, categories=sentences.index).codes  # clusters; the shuffles' unit
     try:
-        full, problems = _fit(y, X, pd.factorize(data.sentence_id)[0])
+        full, problems = _fit(y, X, sentence)
     except np.linalg.LinAlgError as error:  # a singular Hessian: the fit diverged
         return {**base, "formula": text, "status": f"fit failed: {error}"}
     full_rank = len(per_sentence) > X.shape[1]  # else the cluster-robust covariance cannot have full rank
@@ -267,9 +270,6 @@ def fit_density(frame: pd.DataFrame, column: str, permutations: int, seed: int) 
         "wald_p": float(wald.pvalue), "formula": text,
         "status": "ok" if not problems else "unreliable fit: " + ", ".join(problems),
     }
-    strata = _strata(data)
-    sentences = data.groupby("sentence_id")[["z_density", *strata]].first()
-    sentence = pd.Categorical(data.sentence_id, categories=sentences.index).codes
     carriers = np.column_stack([np.ones(len(data)), data.strength_z][: len(tested)])
     drawn = shuffles_within(sentences, "z_density", strata, permutations, np.random.default_rng(seed))
     statistic, *null = score_statistics(reduced, sentence, carriers, np.vstack([sentences.z_density, drawn]))

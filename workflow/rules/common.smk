@@ -195,7 +195,8 @@ def model_folder(wildcards):
 
 
 def prompt_set_inputs(wildcards):
-    inputs = {"model": model_folder(wildcards), "template": dnconfig.template(config, wildcards.model, wildcards.experiment)}
+    template = dnconfig.template(config, wildcards.model, wildcards.experiment)  # a model's own, if set
+    inputs = {"model": model_folder(wildcards), "template": template}
     if wildcards.experiment != "localization_control":
         inputs["sentences"] = f"results/{wildcards.model}/sentences.csv"
     if wildcards.experiment in dnconfig.GRID_EXPERIMENTS:
@@ -274,6 +275,11 @@ def table_mem_mb(files, attempt, together=False, times=4):
     sizes = [os.path.getsize(f) for f in files]
     held = sum(sizes) if together else max(sizes, default=0)
     return attempt * max(4000, int(times * held / 2**20))
+
+
+def density_mem_mb(wildcards, input, attempt):
+    """density_dependence and density_figures: every model's trial tables at once, a third of their columns."""
+    return table_mem_mb(input.trials, attempt, together=True, times=1)
 
 
 # Data density (workflow/rules/density.smk): per model a density table; over every model and every run experiment

@@ -70,7 +70,7 @@ rule density_dependence:
     log:
         "logs/density_dependence.log",
     resources:
-        mem_mb=lambda wildcards, input, attempt: table_mem_mb(input.trials, attempt, together=True, times=1),
+        mem_mb=density_mem_mb,
     conda:
         "../../envs/density.yaml"
     params:
@@ -103,7 +103,7 @@ rule density_figures:
     log:
         "logs/density_figures.log",
     resources:
-        mem_mb=lambda wildcards, input, attempt: table_mem_mb(input.trials, attempt, together=True, times=1),
+        mem_mb=density_mem_mb,
     conda:
         "../../envs/density.yaml"
     params:
