@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
+import patsy
 import pytest
+import statsmodels.api as sm
 from scipy.stats import binomtest
 
 from dropnoise import stats
+from dropnoise.separation import separation
 
 GROUPS = {"dropout_noise": "canonical", "none": "canonical", "x_y": "placeholder", "masking_jitter": "synonym"}
 
@@ -204,3 +209,44 @@ def test_condition_family_experiment_corrects_over_every_alias_curve():
     assert (whole.p_adjusted >= per_curve.p_adjusted - 1e-12).all()
     planted = whole[(whole.alias == "dropout_noise") & (whole.rule == "primary")]
     assert planted.significant.all() and not whole[whole.alias != "dropout_noise"].significant.any()
+
+
+def test_separation_is_found_where_the_likelihood_has_no_maximum():
+    rng = np.random.default_rng(0)
+    data = pd.DataFrame({"length": rng.choice(["a_short", "b_mid", "c_long"], 600), "x": rng.normal(size=600)})
+    data["correct"] = bernoulli(rng, 1 / (1 + np.exp(-data.x))).astype(int)
+    assert separation(*reversed(patsy.dmatrices("correct ~ C(length) + x", data, return_type="dataframe"))) is None
+    # every long sentence right: statsmodels' fit says it converged, and exactly those trials are fitted as certain
+    data.loc[data.length == "c_long", "correct"] = 1
+    y, X = patsy.dmatrices("correct ~ C(length) + x", data, return_type="dataframe")
+    found = separation(X, y)
+    long = (data.length == "c_long").to_numpy()
+    assert found.terms == ("C(length)[T.c_long]",) and found.certain == long.sum() and found.trials == 600
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = sm.GLM(y, X, family=sm.families.Binomial()).fit()
+    assert fit.converged and fit.mu[long].min() > 1 - 1e-6 and fit.mu[~long].max() < 0.999
+    # complete separation by x: every trial is certain
+    found = separation(X, (data.x > 0).astype(int))
+    assert "x" in found.terms and found.certain == 600
+
+
+def test_a_condition_right_on_every_pair_gets_a_test_not_an_infinite_odds_ratio():
+    rng = np.random.default_rng(9)
+    # without the check: odds ratio ~1e10 with a 95% CI of [3e10, 7e10] and p ~ 1e-60 (the clustered SE collapses)
+    trials = zero_shot_trials(rng, {"dropout_noise": lambda s: 1.0, "x_y": lambda s: 0.7}, n_sentences=40)
+    row = stats.alias_controls(trials, "zero_shot", GROUPS).iloc[0]
+    assert np.isnan(row.odds_ratio) and "separation along first" in row.note
+    assert row.test.startswith("Wilcoxon signed-rank") and row.test.endswith("(one-sided)")
+    assert 1e-12 < row.p_value < 1e-4 and row.significant
+    worse = zero_shot_trials(rng, {"dropout_noise": lambda s: 0.7, "x_y": lambda s: 1.0}, n_sentences=40)
+    row = stats.alias_controls(worse, "zero_shot", GROUPS).iloc[0]
+    assert row.test.startswith("Wilcoxon") and row.p_value > 0.99  # one-sided: the canonical alias is not better
+
+
+def test_perfect_discrimination_is_tested_not_reported_as_an_infinite_odds_ratio():
+    rng = np.random.default_rng(4)
+    table = stats.discrimination(answered_trials(rng, lambda kind, rank: float(kind == "dropout")))
+    pooled = table[table["rank"] == "all"].iloc[0]
+    assert np.isnan(pooled.odds_ratio) and "separation" in pooled.note and pooled.balanced_accuracy == 1
+    assert pooled.test.startswith("Mann-Whitney U") and pooled.p_value < 1e-10 and pooled.significant

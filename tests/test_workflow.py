@@ -221,7 +221,9 @@ def test_tiny_preset_end_to_end(tmp_path):
     # the preset's pool mixes two sources (sentences.mix): localization draws from both, and they are contrasted
     contrast = pd.read_csv(work / "results/stats/density_source_contrast.csv")
     localization = contrast[contrast.experiment == "localization"]
-    assert set(localization.source) == {"synthetic", "file"} and localization.source_p.between(0, 1).all()
+    assert set(localization.source) == {"synthetic", "file"}
+    # the tiny random model gets one source's few trials all right or all wrong: then there is no finite contrast
+    assert (localization.source_p.between(0, 1) | localization.status.str.contains("not estimable: .*separation")).all()
     check_dynamics_outputs(work, preset)
     assert not list(work.rglob("*.tmp"))
 

@@ -48,9 +48,10 @@ label_condition (few-shot), bandwidth_scale, rule, n_trials, n_sentences, accura
 ci_low, ci_high (per SD of log density), p_value, interaction (per SD of log density per SD of strength),
 class_interaction (dropout minus noise), lr_stat, lr_df, score_stat, pseudo_r2_gain (McFadden's R² of the model less
 that of the model without the density terms), wald_p, permutation_p, permutations, permutation_p_adjusted, status
-(ok; or why a fit was skipped, failed or is not estimable: separation, or no more sentences than parameters, where
-every estimate and test is left empty; or why it is unreliable, e.g. fewer than 10 minority outcomes per parameter
-within the option positions), formula.
+(ok; or why a fit was skipped, failed or is not estimable: separation along a density term, or no more sentences than
+parameters, where every estimate and test is left empty; or why it is unreliable, e.g. fewer than 10 minority outcomes
+per parameter within the option positions, or a nuisance level whose trials all have one outcome: quasi-complete
+separation, found by `separation`, whose trials then inform no estimate), formula.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ from statsmodels.stats.proportion import proportion_confint
 from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationWarning
 
 from .density import scale_column
+from .separation import separation
 
 DENSITY_TERMS = ("z_density", "z_density:strength_z")  # tested
 CLASS_TERM = "z_density:cls"  # density's effect on saying "dropout" (response bias): kept in both models
@@ -247,12 +249,17 @@ def fit_density(frame: pd.DataFrame, column: str, permutations: int, seed: int) 
         full, problems = _fit(y, X, sentence)
     except np.linalg.LinAlgError as error:  # a singular Hessian: the fit diverged
         return {**base, "formula": text, "status": f"fit failed: {error}"}
+    separated = separation(X, y)
+    if separated and separated.involves(["z_density", *tested]):  # density itself has no finite estimate
+        return {**base, "formula": text, "status": "not estimable: " + separated.describe()}
+    if separated:  # a nuisance level's trials are certain: they drop out of the estimate (and its test)
+        problems.append(separated.describe())
     full_rank = len(per_sentence) > X.shape[1]  # else the cluster-robust covariance cannot have full rank
     if not full_rank:
         problems.append(f"{len(per_sentence)} sentences for {X.shape[1]} parameters")
-    if not np.isfinite(full.cov_params().to_numpy()).all():  # diverged under separation
+    if not np.isfinite(full.cov_params().to_numpy()).all():  # diverged
         return {**base, "formula": text,
-                "status": "fit failed (no finite covariance): " + ", ".join(problems or ["separation"])}
+                "status": "fit failed (no finite covariance)" + (": " + ", ".join(problems) if problems else "")}
     if not full_rank or "PerfectSeparationWarning" in problems:  # estimates and tests meaningless
         return {**base, "formula": text, "status": "not estimable: " + ", ".join(problems)}
     minority = _minority(data)
@@ -337,7 +344,8 @@ def source_contrast(tables: dict[tuple[str, str], pd.DataFrame]) -> pd.DataFrame
 
     Per model x experiment x perturbation: `correct ~ C(source) + C(strength)` (strength as fixed effects, so
     sources are compared at matched strength), cluster-robust by sentence; `source_p` is the joint Wald test of the
-    source terms. With one source in the pool there is nothing to contrast and `status` says so.
+    source terms (none where a source's trials are all right or all wrong: separation). With one source in the pool
+    there is nothing to contrast and `status` says so.
     """
     rows = []
     for (model, experiment), frame in tables.items():
@@ -348,8 +356,13 @@ def source_contrast(tables: dict[tuple[str, str], pd.DataFrame]) -> pd.DataFrame
                 y, X = patsy.dmatrices("correct ~ C(source) + C(strength)", part, return_type="dataframe")
                 fit, problems = _fit(y, X, pd.factorize(part.sentence_id)[0])
                 columns = [i for i, name in enumerate(X.columns) if name.startswith("C(source)")]
-                test = {"source_p": float(fit.wald_test(np.eye(X.shape[1])[columns], scalar=True).pvalue),
-                        "status": "ok" if not problems else "unreliable fit: " + ", ".join(problems)}
+                separated = separation(X, y)
+                if separated and separated.involves(X.columns[columns]):
+                    test["status"] = "not estimable: " + separated.describe()
+                else:
+                    problems += [separated.describe()] if separated else []
+                    test = {"source_p": float(fit.wald_test(np.eye(X.shape[1])[columns], scalar=True).pvalue),
+                            "status": "ok" if not problems else "unreliable fit: " + ", ".join(problems)}
             for (strength, source), cell in part.groupby(["strength", "source"]):
                 k, n = int(cell.correct.sum()), len(cell)
                 low, high = proportion_confint(k, n, method="wilson")

@@ -27,7 +27,9 @@ Tables (each a function below; columns in order):
 `label_pairs`: few-shot, the same base trials under correct and another teaching-label condition.
     Per dropout x noise cell: exact McNemar test on the discordant pairs (b: correct label right, other wrong;
     c: the reverse). Per panel (cell = "all"): a paired logistic model, logit P(correct) = b0 + b1 * [correct
-    labels], standard errors clustered by sentence (pairs and their repeats across cells are clusters).
+    labels], standard errors clustered by sentence (pairs and their repeats across cells are clusters); where it has
+    no estimate (e.g. every pair right under one condition: an infinite odds ratio, see `separation`), a Wilcoxon
+    signed-rank test of the sentences' mean paired differences instead (`test` says which, `note` why).
     Columns: model, experiment, family, k, alias, comparison, dropout_strength, noise_strength, n_pairs,
     accuracy_correct, accuracy_other, difference, b, c, odds_ratio, or_low, or_high, p_value, p_adjusted
     (across the cells of a panel), significant, test.
@@ -40,7 +42,10 @@ Tables (each a function below; columns in order):
     balanced accuracy 1/2. Test: Fisher's exact test of said-"dropout" against the true class (two-sided), i.e.
     balanced accuracy = 1/2 (said "dropout": the answer is the dropout option's letter; answers that are neither
     option, possible under the argmax rule, are left out and counted in n_no_option). Per alias (rank = "all"):
-    logit P(said "dropout") = b0 + b1 * [dropout] + rank effects, standard errors clustered by sentence.
+    logit P(said "dropout") = b0 + b1 * [dropout] + rank effects, standard errors clustered by sentence; where it has
+    no estimate (e.g. every trial named its class), a Mann-Whitney U test of the sentences' shares of "dropout"
+    answers, dropout-class sentences against noise-class ones (a sentence drawn under both classes counts once in
+    each).
     Columns: model, experiment, family, alias, rank, dropout_strength, noise_strength, n_dropout, n_noise,
     n_no_option, recall_dropout, recall_noise, balanced_accuracy, said_dropout (share of the answers), odds_ratio,
     or_low, or_high, p_value, test, note, p_adjusted (per rank: over the ranks of an alias, or over every alias and
@@ -49,7 +54,8 @@ Tables (each a function below; columns in order):
 `alias_controls`: zero- and few-shot, does the canonical label pair beat each control pair?
     The same base trials under the canonical alias and under a control alias (few-shot: correct labels),
     pooled over strengths and both classes: a paired logistic model, logit P(correct) = b0 + b1 * [canonical],
-    standard errors clustered by sentence, one-sided p for b1 > 0.
+    standard errors clustered by sentence, one-sided p for b1 > 0 (without an estimate: the one-sided Wilcoxon
+    signed-rank test of `label_pairs`).
     Columns: model, experiment, family, canonical, alias, group, k, n_pairs, accuracy_canonical, accuracy_alias,
     difference, odds_ratio, or_low, or_high, p_value (one-sided), p_adjusted (Holm/BH across the aliases of a
     model x experiment (x k)), significant.
@@ -63,12 +69,13 @@ import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 import statsmodels.formula.api as smf
-from scipy.stats import binomtest, fisher_exact
+from scipy.stats import binomtest, fisher_exact, mannwhitneyu, wilcoxon
 from scipy.stats import t as t_dist
 from statsmodels.stats.contingency_tables import Table2x2, mcnemar
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
+from .separation import separation
 from .vocabulary import RULES
 
 CHANCE = 0.5
@@ -111,7 +118,9 @@ def clustered_logit(data: pd.DataFrame, formula: str, term: str, groups: str) ->
 
     Returns NaNs with a note where the model is not identified (no variation in the outcome or the term, fewer
     than two clusters, an outcome constant within every cluster while the term varies there, whose clustered
-    standard error collapses to zero, or a fit that does not converge, e.g. under perfect separation).
+    standard error collapses to zero, separation along `term` (its coefficient is infinite; see `separation`), or
+    a fit that does not converge). Separation along other terms leaves the estimate, from the trials they do not
+    fit as certain, and says so in the note.
     """
     outcome = formula.split("~")[0].strip()
     empty = {"estimate": np.nan, "low": np.nan, "high": np.nan, "p_value": np.nan, "statistic": np.nan, "df": np.nan}
@@ -131,11 +140,15 @@ def clustered_logit(data: pd.DataFrame, formula: str, term: str, groups: str) ->
             )
         except (ValueError, np.linalg.LinAlgError) as err:
             return {**empty, "note": f"not estimable: {err}"}
+    separated = separation(pd.DataFrame(fit.model.exog, columns=fit.model.exog_names), fit.model.endog)
+    if separated and separated.involves([term]):
+        return {**empty, "note": "not estimable: " + separated.describe()}
     if term not in fit.params or not np.isfinite(fit.bse[term]) or not fit.converged:
         return {**empty, "note": "not estimable (no variation in the term, or separation)"}
     low, high = fit.conf_int().loc[term]
     return {"estimate": fit.params[term], "low": low, "high": high, "p_value": fit.pvalues[term],
-            "statistic": fit.tvalues[term], "df": fit.df_resid_inference, "note": ""}
+            "statistic": fit.tvalues[term], "df": fit.df_resid_inference,
+            "note": separated.describe() + ": those trials inform no estimate" if separated else ""}
 
 
 def condition_tests(trials: pd.DataFrame, experiment: str, alpha: float = 0.05, method: str = "holm",
@@ -263,10 +276,12 @@ def discrimination(trials: pd.DataFrame, rule: str = "primary", alpha: float = 0
             both = pd.concat(ranked)
             fit = clustered_logit(both, "said ~ dropout + C(rank)" if len(ranked) > 1 else "said ~ dropout", "dropout",
                                   "sentence_id")
+            test = {"p_value": fit["p_value"], "test": "logistic with rank effects, SE clustered by sentence"}
+            if np.isnan(fit["estimate"]):  # e.g. every trial named its class: no finite odds ratio to test
+                test = _sentence_rank_sum(both)
             pooled.append({**dict(zip(panel, key)), "rank": "all", "dropout_strength": "all", "noise_strength": "all",
                            "n_no_option": no_option, **_balanced(both), "odds_ratio": np.exp(fit["estimate"]),
-                           "or_low": np.exp(fit["low"]), "or_high": np.exp(fit["high"]), "p_value": fit["p_value"],
-                           "test": "logistic with rank effects, SE clustered by sentence", "note": fit["note"]})
+                           "or_low": np.exp(fit["low"]), "or_high": np.exp(fit["high"]), **test, "note": fit["note"]})
     if not cells:
         return pd.DataFrame()
     per_rank = panel if family == "curve" else ["model", "experiment"]
@@ -330,6 +345,16 @@ def _mcnemar(pairs: pd.DataFrame) -> dict:
     }
 
 
+def _sentence_rank_sum(answered: pd.DataFrame) -> dict:
+    """Discrimination where the logistic model has no estimate: one share of "dropout" answers per sentence (the
+    clusters), dropout-class sentences against noise-class ones by the Mann-Whitney U test (scipy), pooled over the
+    ranks."""
+    shares = answered.groupby(["sentence_id", "dropout"]).said.mean().reset_index()
+    dropout, noise = shares.said[shares.dropout == 1], shares.said[shares.dropout == 0]
+    p = mannwhitneyu(dropout, noise).pvalue if len(dropout) and len(noise) else np.nan
+    return {"p_value": float(p), "test": "Mann-Whitney U of the sentences' shares of \"dropout\" answers by class"}
+
+
 def _paired_logit(pairs: pd.DataFrame, one_sided: bool = False) -> dict:
     """Paired logistic model on stacked pairs: the odds ratio of the first condition, clustered by sentence."""
     stacked = pd.DataFrame({
@@ -342,13 +367,28 @@ def _paired_logit(pairs: pd.DataFrame, one_sided: bool = False) -> dict:
         return {**out, "odds_ratio": 1.0, "or_low": np.nan, "or_high": np.nan, "p_value": 1.0,
                 "test": "none: no discordant pairs", "note": "identical answers under both conditions"}
     fit = clustered_logit(stacked, "correct ~ first", "first", "sentence")
+    sided = " (one-sided)" if one_sided else ""
+    if np.isnan(fit["estimate"]):  # e.g. every pair right under one condition: no finite odds ratio to test
+        out.update({"odds_ratio": np.nan, "or_low": np.nan, "or_high": np.nan, "note": fit["note"],
+                    "p_value": _sentence_signed_rank(pairs, one_sided),
+                    "test": "Wilcoxon signed-rank of the sentences' mean paired differences" + sided})
+        return out
     p = t_dist.sf(fit["statistic"], fit["df"]) if one_sided else fit["p_value"]
     out.update({
         "odds_ratio": np.exp(fit["estimate"]), "or_low": np.exp(fit["low"]), "or_high": np.exp(fit["high"]),
-        "p_value": p, "test": "paired logistic, SE clustered by sentence" + (" (one-sided)" if one_sided else ""),
-        "note": fit["note"],
+        "p_value": p, "test": "paired logistic, SE clustered by sentence" + sided, "note": fit["note"],
     })
     return out
+
+
+def _sentence_signed_rank(pairs: pd.DataFrame, one_sided: bool) -> float:
+    """The paired comparison where the logistic model has no estimate: one mean difference per sentence (the
+    clusters, independent), tested by the exact or normal-approximated Wilcoxon signed-rank test (scipy), zeros
+    split between the signs."""
+    differences = (pairs["correct_first"] - pairs["correct_second"]).groupby(pairs["sentence_id"]).mean()
+    if not differences.any():
+        return 1.0
+    return float(wilcoxon(differences, zero_method="zsplit", alternative="greater" if one_sided else "two-sided").pvalue)
 
 
 def _order(frame: pd.DataFrame, first: list[str]) -> pd.DataFrame:
