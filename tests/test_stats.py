@@ -221,27 +221,49 @@ def test_separation_is_found_where_the_likelihood_has_no_maximum():
     y, X = patsy.dmatrices("correct ~ C(length) + x", data, return_type="dataframe")
     found = separation(X, y)
     long = (data.length == "c_long").to_numpy()
-    assert found.terms == ("C(length)[T.c_long]",) and found.certain == long.sum() and found.trials == 600
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fit = sm.GLM(y, X, family=sm.families.Binomial()).fit()
     assert fit.converged and fit.mu[long].min() > 1 - 1e-6 and fit.mu[~long].max() < 0.999
-    # complete separation by x: every trial is certain
+    assert found.unidentified == ("C(length)[T.c_long]",) and found.certain == long.sum() and found.trials == 600
+    # complete separation by x: every trial is certain, nothing is estimable
     found = separation(X, (data.x > 0).astype(int))
-    assert "x" in found.terms and found.certain == 600
+    assert found.unidentified == tuple(X.columns) and found.certain == 600
+
+
+def test_separation_names_the_coefficients_it_leaves_without_an_estimate():
+    # y ~ t * C(f) with both t-cells of the reference level a all wrong: t's effect there (-inf minus -inf) has no
+    # estimate, though some separating directions leave t alone; the cell (c, 1) is certain too
+    cells = {("a", 0): [0] * 8, ("a", 1): [0] * 8, ("b", 0): [0] * 8, ("b", 1): [0, 1] * 4, ("c", 0): [0, 1] * 4,
+             ("c", 1): [0] * 8}
+    data = pd.DataFrame([{"f": f, "t": t, "y": y} for (f, t), ys in cells.items() for y in ys])
+    y, X = patsy.dmatrices("y ~ t * C(f)", data, return_type="dataframe")
+    found = separation(X, y)
+    assert found.certain == 32 and found.involves(["t"]) and found.involves(["Intercept"])
+    # one level of a nuisance factor all right: t stays estimable, from the other levels
+    cells = {("a", 0): [0, 1, 1], ("a", 1): [0, 1, 1, 1], ("b", 0): [0, 0, 1], ("b", 1): [0, 1, 1],
+             ("c", 0): [1, 1], ("c", 1): [1, 1, 1]}
+    data = pd.DataFrame([{"f": f, "t": t, "y": y} for (f, t), ys in cells.items() for y in ys])
+    y, X = patsy.dmatrices("y ~ t + C(f)", data, return_type="dataframe")
+    found = separation(X, y)
+    assert found.unidentified == ("C(f)[T.c]",) and found.certain == 5 and not found.involves(["t"])
 
 
 def test_a_condition_right_on_every_pair_gets_a_test_not_an_infinite_odds_ratio():
     rng = np.random.default_rng(9)
-    # without the check: odds ratio ~1e10 with a 95% CI of [3e10, 7e10] and p ~ 1e-60 (the clustered SE collapses)
+    # without the check: odds ratio ~1e10 with a 95% CI of [3e10, 8e10] and p ~ 1e-50 (the clustered SE collapses)
     trials = zero_shot_trials(rng, {"dropout_noise": lambda s: 1.0, "x_y": lambda s: 0.7}, n_sentences=40)
     row = stats.alias_controls(trials, "zero_shot", GROUPS).iloc[0]
-    assert np.isnan(row.odds_ratio) and "separation along first" in row.note
-    assert row.test.startswith("Wilcoxon signed-rank") and row.test.endswith("(one-sided)")
-    assert 1e-12 < row.p_value < 1e-4 and row.significant
+    assert np.isnan(row.odds_ratio) and "separation" in row.note and "no finite estimate for first" in row.note
+    assert row.test.startswith("exact sign test") and row.test.endswith("(one-sided)") and row.significant
+    # every sentence that differs favours the canonical alias: the exact sign-flip p, 2^-k for k such sentences
+    differing = (trials[trials.alias == "dropout_noise"].set_index("base_id").correct_primary.astype(int)
+                 - trials[trials.alias == "x_y"].set_index("base_id").correct_primary.astype(int))
+    sentences = trials[trials.alias == "x_y"].set_index("base_id").sentence_id
+    assert row.p_value == pytest.approx(0.5 ** (differing.groupby(sentences).mean() > 0).sum())
     worse = zero_shot_trials(rng, {"dropout_noise": lambda s: 0.7, "x_y": lambda s: 1.0}, n_sentences=40)
     row = stats.alias_controls(worse, "zero_shot", GROUPS).iloc[0]
-    assert row.test.startswith("Wilcoxon") and row.p_value > 0.99  # one-sided: the canonical alias is not better
+    assert row.test.startswith("exact sign test") and row.p_value > 0.99  # one-sided: the canonical is not better
 
 
 def test_perfect_discrimination_is_tested_not_reported_as_an_infinite_odds_ratio():

@@ -247,9 +247,9 @@ def fit_density(frame: pd.DataFrame, column: str, permutations: int, seed: int) 
     sentence = pd.Categorical(data.sentence_id, categories=sentences.index).codes  # clusters; the shuffles' unit
     try:
         full, problems = _fit(y, X, sentence)
-    except np.linalg.LinAlgError as error:  # a singular Hessian: the fit diverged
+        separated = separation(X, y)
+    except (np.linalg.LinAlgError, RuntimeError) as error:  # a singular Hessian (the fit diverged), or the LP failed
         return {**base, "formula": text, "status": f"fit failed: {error}"}
-    separated = separation(X, y)
     if separated and separated.involves(["z_density", *tested]):  # density itself has no finite estimate
         return {**base, "formula": text, "status": "not estimable: " + separated.describe()}
     if separated:  # a nuisance level's trials are certain: they drop out of the estimate (and its test)

@@ -28,11 +28,12 @@ Tables (each a function below; columns in order):
     Per dropout x noise cell: exact McNemar test on the discordant pairs (b: correct label right, other wrong;
     c: the reverse). Per panel (cell = "all"): a paired logistic model, logit P(correct) = b0 + b1 * [correct
     labels], standard errors clustered by sentence (pairs and their repeats across cells are clusters); where it has
-    no estimate (e.g. every pair right under one condition: an infinite odds ratio, see `separation`), a Wilcoxon
-    signed-rank test of the sentences' mean paired differences instead (`test` says which, `note` why).
+    no estimable odds ratio (e.g. every pair right under one condition makes it infinite, see `separation`; or the
+    outcome is constant within every sentence), the exact sign test of the sentences' mean paired differences
+    instead (`test` says which, `note` why; with 5 or fewer sentences it cannot reach p < 0.05).
     Columns: model, experiment, family, k, alias, comparison, dropout_strength, noise_strength, n_pairs,
     accuracy_correct, accuracy_other, difference, b, c, odds_ratio, or_low, or_high, p_value, p_adjusted
-    (across the cells of a panel), significant, test.
+    (across the cells of a panel), significant, test, note.
 
 `discrimination`: zero-shot, does the model tell dropout from noise, or only favour one word?
     Per alias and matched grid rank (the rank-th dropout strength against the rank-th noise strength; the probes'
@@ -43,9 +44,9 @@ Tables (each a function below; columns in order):
     balanced accuracy = 1/2 (said "dropout": the answer is the dropout option's letter; answers that are neither
     option, possible under the argmax rule, are left out and counted in n_no_option). Per alias (rank = "all"):
     logit P(said "dropout") = b0 + b1 * [dropout] + rank effects, standard errors clustered by sentence; where it has
-    no estimate (e.g. every trial named its class), a Mann-Whitney U test of the sentences' shares of "dropout"
-    answers, dropout-class sentences against noise-class ones (a sentence drawn under both classes counts once in
-    each).
+    no estimable odds ratio (every trial named its class: separation; or the model gave one answer throughout), a
+    Mann-Whitney U test of the sentences' shares of "dropout" answers, dropout-class sentences against noise-class
+    ones (a sentence drawn under both classes counts once in each, which makes the test conservative).
     Columns: model, experiment, family, alias, rank, dropout_strength, noise_strength, n_dropout, n_noise,
     n_no_option, recall_dropout, recall_noise, balanced_accuracy, said_dropout (share of the answers), odds_ratio,
     or_low, or_high, p_value, test, note, p_adjusted (per rank: over the ranks of an alias, or over every alias and
@@ -54,11 +55,11 @@ Tables (each a function below; columns in order):
 `alias_controls`: zero- and few-shot, does the canonical label pair beat each control pair?
     The same base trials under the canonical alias and under a control alias (few-shot: correct labels),
     pooled over strengths and both classes: a paired logistic model, logit P(correct) = b0 + b1 * [canonical],
-    standard errors clustered by sentence, one-sided p for b1 > 0 (without an estimate: the one-sided Wilcoxon
-    signed-rank test of `label_pairs`).
+    standard errors clustered by sentence, one-sided p for b1 > 0 (without an estimable odds ratio: the one-sided
+    sign test of `label_pairs`).
     Columns: model, experiment, family, canonical, alias, group, k, n_pairs, accuracy_canonical, accuracy_alias,
-    difference, odds_ratio, or_low, or_high, p_value (one-sided), p_adjusted (Holm/BH across the aliases of a
-    model x experiment (x k)), significant.
+    difference, odds_ratio, or_low, or_high, p_value (one-sided), test, note, p_adjusted (Holm/BH across the aliases
+    of a model x experiment (x k)), significant.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 import statsmodels.formula.api as smf
-from scipy.stats import binomtest, fisher_exact, mannwhitneyu, wilcoxon
+from scipy.stats import binomtest, fisher_exact, mannwhitneyu
 from scipy.stats import t as t_dist
 from statsmodels.stats.contingency_tables import Table2x2, mcnemar
 from statsmodels.stats.multitest import multipletests
@@ -138,9 +139,9 @@ def clustered_logit(data: pd.DataFrame, formula: str, term: str, groups: str) ->
             fit = smf.glm(formula, data, family=sm.families.Binomial()).fit(
                 cov_type="cluster", cov_kwds={"groups": pd.factorize(data[groups])[0]}, use_t=True
             )
-        except (ValueError, np.linalg.LinAlgError) as err:
+            separated = separation(pd.DataFrame(fit.model.exog, columns=fit.model.exog_names), fit.model.endog)
+        except (ValueError, RuntimeError, np.linalg.LinAlgError) as err:
             return {**empty, "note": f"not estimable: {err}"}
-    separated = separation(pd.DataFrame(fit.model.exog, columns=fit.model.exog_names), fit.model.endog)
     if separated and separated.involves([term]):
         return {**empty, "note": "not estimable: " + separated.describe()}
     if term not in fit.params or not np.isfinite(fit.bse[term]) or not fit.converged:
@@ -370,8 +371,8 @@ def _paired_logit(pairs: pd.DataFrame, one_sided: bool = False) -> dict:
     sided = " (one-sided)" if one_sided else ""
     if np.isnan(fit["estimate"]):  # e.g. every pair right under one condition: no finite odds ratio to test
         out.update({"odds_ratio": np.nan, "or_low": np.nan, "or_high": np.nan, "note": fit["note"],
-                    "p_value": _sentence_signed_rank(pairs, one_sided),
-                    "test": "Wilcoxon signed-rank of the sentences' mean paired differences" + sided})
+                    "p_value": _sentence_sign_test(pairs, one_sided),
+                    "test": "exact sign test of the sentences' mean paired differences" + sided})
         return out
     p = t_dist.sf(fit["statistic"], fit["df"]) if one_sided else fit["p_value"]
     out.update({
@@ -381,14 +382,17 @@ def _paired_logit(pairs: pd.DataFrame, one_sided: bool = False) -> dict:
     return out
 
 
-def _sentence_signed_rank(pairs: pd.DataFrame, one_sided: bool) -> float:
+def _sentence_sign_test(pairs: pd.DataFrame, one_sided: bool) -> float:
     """The paired comparison where the logistic model has no estimate: one mean difference per sentence (the
-    clusters, independent), tested by the exact or normal-approximated Wilcoxon signed-rank test (scipy), zeros
-    split between the signs."""
+    clusters, independent), and the exact binomial test of the positive ones among those not zero. Under separation
+    every such difference has one sign, where this is the exact sign-flip test (p = 2^-k one-sided for k sentences;
+    scipy's signed-rank test with zeros falls back to a normal approximation that needs several times more)."""
     differences = (pairs["correct_first"] - pairs["correct_second"]).groupby(pairs["sentence_id"]).mean()
-    if not differences.any():
+    nonzero = differences[differences != 0]
+    if nonzero.empty:
         return 1.0
-    return float(wilcoxon(differences, zero_method="zsplit", alternative="greater" if one_sided else "two-sided").pvalue)
+    return float(binomtest(int((nonzero > 0).sum()), len(nonzero), 0.5,
+                           alternative="greater" if one_sided else "two-sided").pvalue)
 
 
 def _order(frame: pd.DataFrame, first: list[str]) -> pd.DataFrame:
