@@ -46,7 +46,7 @@ def separation(X: pd.DataFrame, y) -> Separation | None:
     values = values / np.where(scale > 0, scale, 1.0)
     signed = np.where(outcome[:, None] == 1, 1.0, -1.0) * values
     distinct = pd.DataFrame(signed).value_counts(sort=False)
-    rows, counts = np.array(distinct.index.tolist(), dtype=float).reshape(len(distinct), -1), distinct.to_numpy()
+    rows, counts = distinct.index.to_frame(index=False).to_numpy(dtype=float), distinct.to_numpy()
     # maximise the summed margins subject to every margin >= 0: positive iff some direction separates. A vertex may
     # leave some separable rows at margin 0, so repeat over the rows still at 0: the directions' sum separates all.
     certain = np.zeros(len(rows), dtype=bool)
