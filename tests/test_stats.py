@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,8 +12,10 @@ import pytest
 import statsmodels.api as sm
 from scipy.stats import binomtest
 
-from dropnoise import stats
+from dropnoise import outputs, pipeline, stats, summary
+from dropnoise.labels import load_aliases
 from dropnoise.separation import separation
+from dropnoise.vocabulary import STATS_TABLES
 
 GROUPS = {"dropout_noise": "canonical", "none": "canonical", "x_y": "placeholder", "masking_jitter": "synonym"}
 
@@ -272,3 +275,48 @@ def test_perfect_discrimination_is_tested_not_reported_as_an_infinite_odds_ratio
     pooled = table[table["rank"] == "all"].iloc[0]
     assert np.isnan(pooled.odds_ratio) and "separation" in pooled.note and pooled.balanced_accuracy == 1
     assert pooled.test.startswith("Mann-Whitney U") and pooled.p_value < 1e-10 and pooled.significant
+
+
+# Trial-table columns no statistics table or summary uses, filled with values that would break a test that read them.
+UNUSED = ("trial_id", "seed", "template_variant", "sentence_tokens", "n_perturbed_tokens", "n_prompt_tokens", "target",
+          "alias_group", "logit_A", "logit_B", "sum_prob_A", "sum_prob_B", "pred_aggregate", "pred_argmax",
+          "log_prob_correct", "argmax_token", "entropy")
+
+
+def whole_trial_tables(rng) -> dict[str, pd.DataFrame]:
+    """Zero- and few-shot tables with every column a real run writes, those no table reads unusable."""
+    told = {0: 0.5, 1: 0.8, 2: 0.9}
+    zero = pd.concat([answered_trials(rng, lambda kind, rank: told[rank] if kind == "dropout" else 1 - told[rank])
+                      .assign(alias=alias) for alias in ("dropout_noise", "x_y")], ignore_index=True)
+    few = few_shot_trials(rng, 0.8, 0.6).assign(answer="A", pred_primary="A", prob_A=0.5, prob_B=0.5, logit_diff=0.0)
+    tables = {"zero_shot": zero, "few_shot": few}
+    return {experiment: table.assign(**{f"correct_{r}": table.correct_primary for r in ("aggregate", "argmax")},
+                                     **{column: "unused" for column in UNUSED}) for experiment, table in tables.items()}
+
+
+@pytest.mark.parametrize("table", STATS_TABLES)
+def test_a_statistics_job_reads_only_the_columns_its_table_uses(tmp_path, table):
+    settings = {"rule": "primary", "alpha": 0.05, "correction": "holm", "condition_family": "curve"}
+    aliases = str(Path(__file__).parents[1] / "data/aliases.yaml")
+    files, expected = [], []
+    for experiment, trials in whole_trial_tables(np.random.default_rng(5)).items():
+        if experiment not in STATS_TABLES[table]:
+            continue
+        assert not any(map(stats.reads(table, experiment, "primary"), UNUSED))
+        files.append(tmp_path / f"{experiment}.csv")
+        outputs.write_csv(trials, files[-1])
+        expected.append(stats.build(table, pipeline.read_trials(files[-1]), experiment,
+                                    load_aliases(aliases).groups(), **settings))
+    pipeline.stats_table(table, list(map(str, files)), aliases, settings, tmp_path / "out.csv", tmp_path / "out.tex")
+    outputs.write_csv(pd.concat(expected, ignore_index=True), tmp_path / "expected.csv")
+    assert len(expected[0]) and (tmp_path / "out.csv").read_text() == (tmp_path / "expected.csv").read_text()
+
+
+def test_summaries_read_only_the_columns_they_use(tmp_path):
+    for experiment, trials in whole_trial_tables(np.random.default_rng(6)).items():
+        assert not any(map(summary.reads(experiment), UNUSED))
+        outputs.write_csv(trials, tmp_path / "trials.csv")
+        pipeline.summarize(str(tmp_path / "trials.csv"), experiment, str(tmp_path / "summary.csv"))
+        outputs.write_csv(summary.summarize(pipeline.read_trials(tmp_path / "trials.csv"), experiment),
+                          tmp_path / "expected.csv")
+        assert (tmp_path / "summary.csv").read_text() == (tmp_path / "expected.csv").read_text()

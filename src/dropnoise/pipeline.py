@@ -247,16 +247,17 @@ def aggregate(shard_files: list[str], model_key: str, model_dir: str, experiment
 
 
 def summarize(trial_file: str, experiment: str, out: str) -> None:
-    frame = pd.read_csv(trial_file, keep_default_na=False)
+    frame = read_trials(trial_file, summary.reads(experiment))
     table = summary.summarize(frame, experiment)
     outputs.write_csv(table, out)
     pooled = table[table.subset == "all"]
     log.info("accuracy per condition:\n%s", pooled.to_string(index=False))
 
 
-def read_trials(path: str | Path) -> pd.DataFrame:
-    """A per-trial table or summary as written (alias `none` and empty fields stay strings, not NaN)."""
-    return pd.read_csv(path, keep_default_na=False)
+def read_trials(path: str | Path, usecols=None) -> pd.DataFrame:
+    """A per-trial table or summary as written (alias `none` and empty fields stay strings, not NaN); `usecols`: the
+    columns to hold (a list or a predicate on names, as read_csv takes)."""
+    return pd.read_csv(path, keep_default_na=False, usecols=usecols)
 
 
 def stats_table(table: str, trial_files: list[str], aliases_file: str, settings: dict, out_csv: str, out_tex: str) -> None:
@@ -265,10 +266,11 @@ def stats_table(table: str, trial_files: list[str], aliases_file: str, settings:
 
     groups = load_aliases(aliases_file).groups()
 
-    def tests_of(path: str) -> pd.DataFrame:  # one trial table held at a time (a paper-scale few-shot one is 7 GiB)
-        trials = read_trials(path)
+    def tests_of(path: str) -> pd.DataFrame:  # one trial table held at a time, only the columns the table reads
+        experiment = read_trials(path, ["experiment"]).experiment.iloc[0]
+        trials = read_trials(path, stats.reads(table, experiment, settings["rule"]))
         log.info("%s: %s (%d trials)", table, path, len(trials))
-        return stats.build(table, trials, trials["experiment"].iloc[0], groups, **settings)
+        return stats.build(table, trials, experiment, groups, **settings)
 
     parts = [tests_of(path) for path in trial_files]
     frame = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else pd.DataFrame()

@@ -98,6 +98,21 @@ CURVES = {
 PAIRED_FIT = ("difference", "odds_ratio", "or_low", "or_high", "p_value", "test", "note")
 
 
+def reads(table: str, experiment: str, rule: str):
+    """Which columns of `experiment`'s per-trial table `table` reads: a `usecols` for read_csv, so that a statistics
+    job holds a fraction of a paper-scale few-shot table (36 columns, 9.6M rows), not all of it."""
+    columns = {"model", "experiment", f"correct_{rule}", "sentence_id"}  # sentences are the clusters
+    if table == "condition_tests":
+        columns = {"model", "experiment", *CONDITIONS[experiment], *(f"correct_{r}" for r in RULES)}
+    elif table == "dose_response":
+        columns |= {*CURVES[experiment], "strength"}
+    elif table == "discrimination":  # said "dropout": the answer's letter among the options (one prob_ column each)
+        columns |= {*CONDITIONS[experiment], "answer", f"pred_{rule}"}
+    else:  # paired tables: the same base trial under two conditions
+        columns |= {*CONDITIONS[experiment], "perturbation", "label_condition", "base_id"}
+    return lambda column: column in columns or (table == "discrimination" and column.startswith("prob_"))
+
+
 def adjust(frame: pd.DataFrame, family: list[str], alpha: float, method: str) -> pd.DataFrame:
     """Add p_adjusted and significant, correcting p_value within each family (missing p-values stay missing)."""
     frame = frame.copy()

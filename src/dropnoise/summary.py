@@ -19,6 +19,14 @@ CONDITIONS = {
 }
 
 
+def reads(experiment: str):
+    """Which columns of a per-trial table `summarize` reads: a `usecols` for read_csv (a third of a paper-scale
+    few-shot table's 36 columns)."""
+    condition, column = CONDITIONS[experiment]
+    columns = {*condition, column, "logit_diff", *(f"correct_{rule}" for rule in RULES)}
+    return lambda name: name in columns
+
+
 def _accuracy(group: pd.DataFrame) -> pd.Series:
     out = {"n": len(group)}
     for rule in RULES:

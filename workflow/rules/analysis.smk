@@ -1,5 +1,5 @@
 # aggregate reads the model folder's marker through the model module, hence the inference env. The table rules are
-# cluster jobs: a paper-scale few-shot table takes 7 to 9 GB to hold (table_mem_mb), too much for a submit host.
+# cluster jobs: a paper-scale few-shot table takes 2 to 9 GB to hold (table_mem_mb), too much for a submit host.
 rule aggregate:
     input:
         shards=shard_files,
@@ -10,7 +10,7 @@ rule aggregate:
     log:
         "logs/aggregate/{model}/{experiment}.log",
     resources:
-        mem_mb=lambda wildcards, input, attempt: table_mem_mb(input.shards, attempt, together=True),
+        mem_mb=lambda wildcards, input, attempt: table_mem_mb(input.shards, attempt, 4, together=True),
     conda:
         "../../envs/inference.yaml",
     script:
@@ -25,7 +25,7 @@ rule summarize:
     log:
         "logs/summarize/{model}/{experiment}.log",
     resources:
-        mem_mb=lambda wildcards, input, attempt: table_mem_mb(input, attempt),
+        mem_mb=lambda wildcards, input, attempt: table_mem_mb(input, attempt, 1.5),
     conda:
         "../../envs/analysis.yaml",
     script:
@@ -50,7 +50,7 @@ rule stats_table:
         caption=lambda wildcards: CAPTIONS[wildcards.table],
         provenance=provenance,
     resources:
-        mem_mb=lambda wildcards, input, attempt: table_mem_mb(input.trials, attempt),
+        mem_mb=lambda wildcards, input, attempt: table_mem_mb(input.trials, attempt, 1.5),
     conda:
         "../../envs/analysis.yaml",
     script:

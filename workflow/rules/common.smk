@@ -266,12 +266,13 @@ def model_runtime(wildcards, attempt):
     return config["models"][wildcards.model].get("runtime", 60) * attempt
 
 
-def table_mem_mb(files, attempt, together=False, times=4):
+def table_mem_mb(files, attempt, times, together=False):
     """Memory of a job that holds per-trial tables in pandas: `times` the CSV it holds at once, at least 4 GB.
-    Whole tables take about three times their CSV (a paper-scale few-shot table, 3.0 GiB: 8.9 GiB to aggregate from
-    its shards, 6.8 to 6.9 GiB to summarise or test; benchmarks/README.md), hence 4; the density rules read a third of
-    the columns (1.5 GiB for that table), hence 1. `together`: the files are held at once (a table's shards, the
-    density rules' tables), else one after another (a statistics table's trial tables)."""
+    A whole table takes about three times its CSV (a paper-scale few-shot table, 3.0 GiB: 9.0 GiB to aggregate from
+    its shards; benchmarks/README.md), hence 4 for aggregate; the summaries and statistics tables read only their
+    columns (1.6 to 3.5 GiB for that table), hence 1.5; the density rules a third of the columns (2.0 GiB), hence 1.
+    `together`: the files are held at once (a table's shards, the density rules' tables), else one after another
+    (a statistics table's trial tables)."""
     sizes = [os.path.getsize(f) for f in files]
     held = sum(sizes) if together else max(sizes, default=0)
     return attempt * max(4000, int(times * held / 2**20))
@@ -279,7 +280,7 @@ def table_mem_mb(files, attempt, together=False, times=4):
 
 def density_mem_mb(wildcards, input, attempt):
     """density_dependence and density_figures: every model's trial tables at once, a third of their columns."""
-    return table_mem_mb(input.trials, attempt, together=True, times=1)
+    return table_mem_mb(input.trials, attempt, 1, together=True)
 
 
 # Data density (workflow/rules/density.smk): per model a density table; over every model and every run experiment
