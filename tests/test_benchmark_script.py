@@ -1,11 +1,12 @@
 """The benchmark scripts end to end on a tiny model: engine_vs_naive.py (both ways run, alternate, and agree row by
-row) and hook_overhead.py."""
+row), hook_overhead.py and probe_jobs.py."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
+import pandas as pd
 from conftest import ROOT
 from dropnoise import models
 
@@ -95,3 +96,18 @@ def test_agreement_tells_near_ties_from_real_disagreements():
     assert found.summary() == ("predictions DIFFER in 3 of 5 rows: primary 2 (1 within rounding), aggregate 2 "
                                "(1 within rounding), argmax 3 (no margin recorded); largest option-logit difference "
                                "1.00e+00")
+
+
+def test_probe_jobs_benchmark_runs_the_rules_calls(tmp_path):
+    """The probe-job benchmark on a small shape: its capture is what the probes and MI rules read."""
+    shape = tmp_path / "shape.json"
+    shape.write_text('{"num_hidden_layers": 4, "hidden_size": 16}')
+    for step in ("make", "probes", "mutual_information"):
+        result = subprocess.run([sys.executable, str(ROOT / "benchmarks/probe_jobs.py"), step, str(tmp_path),
+                                 "--config", str(shape), "--trials", "24"], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert f"{step}: " in result.stdout
+    probes = pd.read_csv(tmp_path / "probes.csv")
+    assert set(probes.experiment) == {"localization", "zero_shot"} and set(probes.layer) == {0, 3}
+    assert {"perturbed", "which_sentence", "dropout_vs_noise"} <= set(probes.task)
+    assert pd.read_csv(tmp_path / "mutual_information.csv").probe_bound_bits.notna().all()
