@@ -267,7 +267,7 @@ def stats_table(table: str, trial_files: list[str], aliases_file: str, settings:
     groups = load_aliases(aliases_file).groups()
 
     def tests_of(path: str) -> pd.DataFrame:  # one trial table held at a time, only the columns the table reads
-        experiment = read_trials(path, ["experiment"]).experiment.iloc[0]
+        experiment = pd.read_csv(path, usecols=["experiment"], nrows=1).experiment.iloc[0]
         trials = read_trials(path, stats.reads(table, experiment, settings["rule"]))
         log.info("%s: %s (%d trials)", table, path, len(trials))
         return stats.build(table, trials, experiment, groups, **settings)
@@ -354,7 +354,8 @@ def probe_tables(settings: dict, seed: int, templates: dict[str, str], activatio
 def represented_vs_reported(probe_file: str, trial_files: dict[str, str], out: str) -> None:
     from . import probes
 
-    trials = {experiment: pd.read_csv(path, keep_default_na=False) for experiment, path in trial_files.items()}
+    verbal = lambda column: column in ("perturbation", "strength") or column.startswith("correct_")  # noqa: E731
+    trials = {experiment: read_trials(path, verbal) for experiment, path in trial_files.items()}  # a localrule
     table = probes.represented_vs_reported(pd.read_csv(probe_file), trials)
     log.info("represented vs reported:\n%s", table.to_string(index=False))
     outputs.write_csv(table, out)
