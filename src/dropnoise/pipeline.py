@@ -325,7 +325,7 @@ def _probe_sets(template: str, experiment: str, activation_files: list[str], tri
     from . import activations, probes
 
     sites, keys = activations.load(activation_files)
-    meta = probes.join(keys, pd.read_csv(trial_file, keep_default_na=False))
+    meta = probes.join(keys, read_trials(trial_file, list(probes.TRIAL_COLUMNS)))
     letters = load_template(template, tasks.PLACEHOLDERS[experiment]).letters
     return sites, keys["layers"], probes.datasets(meta, experiment, letters)
 

@@ -58,6 +58,9 @@ class Dataset:
         return [*self.units.T, self.groups]
 
 
+TRIAL_COLUMNS = ("trial_id", "perturbation", "strength", "target", "sentence_id", "base_id")  # what the sets read
+
+
 def join(keys: dict, trials: pd.DataFrame) -> pd.DataFrame:
     """Per captured row, its trial-table columns: trial rows keyed like the capture, clean rows once."""
     table = trials.assign(
