@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.spatial.distance import pdist
+from sklearn.metrics.pairwise import rbf_kernel
+from sklearn.preprocessing import StandardScaler
 from statsmodels.stats.proportion import proportion_confint
 
 from dropnoise import mutual_information as mi
@@ -80,20 +83,30 @@ def test_nhsic_is_near_zero_for_independent_and_high_for_dependent_data():
     X = rng.normal(size=(150, 10))
     y = rng.integers(0, 2, 150)
     r_y = delta_resolvent(y)
-    independent = mi.nhsic(mi.resolvent(mi.rbf(X, 16.0), 1e-5), r_y)
+    independent = mi.nhsic(mi.resolvent(mi.rbf(X, [16.0])[0], 1e-5), r_y)
     dependent_X = X + 4.0 * y[:, None]
-    dependent = mi.nhsic(mi.resolvent(mi.rbf(dependent_X, 16.0), 1e-5), r_y)
+    dependent = mi.nhsic(mi.resolvent(mi.rbf(dependent_X, [16.0])[0], 1e-5), r_y)
     assert independent < 0.1 and dependent > 0.8
-    null = mi.label_nhsic(mi.resolvent(mi.rbf(dependent_X, 16.0), 1e-5),
+    null = mi.label_nhsic(mi.resolvent(mi.rbf(dependent_X, [16.0])[0], 1e-5),
                           null_labels(y, [np.arange(150)], 50, seed=1), 1e-5)
     assert null.max() < dependent and null.mean() == pytest.approx(independent, abs=0.1)
-    r_x = mi.resolvent(mi.rbf(X, 16.0), 1e-5)
-    assert mi.nhsic(r_x, r_x) > 5 * mi.nhsic(r_x, mi.resolvent(mi.rbf(rng.normal(size=(150, 10)), 16.0), 1e-5))
+    r_x = mi.resolvent(mi.rbf(X, [16.0])[0], 1e-5)
+    assert mi.nhsic(r_x, r_x) > 5 * mi.nhsic(r_x, mi.resolvent(mi.rbf(rng.normal(size=(150, 10)), [16.0])[0], 1e-5))
+
+
+def test_kernels_of_every_width_from_one_distance_matrix_are_scikit_learns():
+    rng = np.random.default_rng(2)
+    for features in (rng.normal(size=(70, 40)).astype(np.float32), rng.normal(size=(30, 3))):
+        z = StandardScaler().fit_transform(features)
+        median = np.median(pdist(z))
+        for bandwidth, kernel in zip((1.0, 4.0, 64.0), mi.rbf(features, [1.0, 4.0, 64.0])):
+            expected = rbf_kernel(z, gamma=1.0 / (2.0 * (bandwidth * median) ** 2))
+            assert kernel.dtype == expected.dtype and np.array_equal(kernel, expected)
 
 
 def test_label_nhsic_equals_the_trace_with_the_label_resolvent():
     rng = np.random.default_rng(3)
-    r_t = mi.resolvent(mi.rbf(rng.normal(size=(60, 5)), 4.0), 1e-5)
+    r_t = mi.resolvent(mi.rbf(rng.normal(size=(60, 5)), [4.0])[0], 1e-5)
     labels = np.stack([rng.integers(0, 2, 60), np.r_[np.ones(10), np.zeros(50)].astype(int)], axis=1)
     for epsilon in (1e-5, 1e-2):
         expected = [mi.nhsic(r_t, delta_resolvent(labels[:, p], epsilon)) for p in range(2)]
@@ -138,7 +151,7 @@ def test_nhsic_null_holds_its_level_when_a_sentence_has_several_rows():
         acts = np.repeat(sentence, 4, axis=0) + 0.05 * rng.normal(size=(80, 8))
         labels = np.repeat(rng.permutation(np.tile([0, 1], 10)), 4)
         groups = np.repeat(np.arange(20), 4).astype(str)
-        r_t = mi.resolvent(mi.rbf(acts, 1.0), 1e-5)
+        r_t = mi.resolvent(mi.rbf(acts, [1.0])[0], 1e-5)
         observed = mi.label_nhsic(r_t, labels, 1e-5)[0]
         for name, units in (("sentences", groups), ("rows", np.arange(80))):
             null = mi.label_nhsic(r_t, null_labels(labels, [units], 99, seed), 1e-5)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from scipy.spatial.distance import pdist
-from sklearn.metrics.pairwise import rbf_kernel
+from sklearn.metrics.pairwise import euclidean_distances
 from sklearn.preprocessing import StandardScaler
 
 from .label_permutations import null_labels
@@ -36,11 +36,19 @@ def resolvent(kernel: np.ndarray, epsilon: float) -> np.ndarray:
     return np.linalg.solve((centred + epsilon * m * np.eye(m)).T, centred.T).T
 
 
-def rbf(features: np.ndarray, bandwidth: float) -> np.ndarray:
-    """RBF kernel of z-scored features, width = `bandwidth` x the median pairwise distance."""
+def rbf(features: np.ndarray, bandwidths: list[float]) -> list[np.ndarray]:
+    """RBF kernels of z-scored features, one per width = bandwidth x the median pairwise distance. The distances
+    are computed once for all widths (the median's pdist is most of the cost), each kernel then as scikit-learn's
+    rbf_kernel computes it from them, bit for bit."""
     z = StandardScaler().fit_transform(features)
     median = np.median(pdist(z)) or 1.0
-    return rbf_kernel(z, gamma=1.0 / (2.0 * (bandwidth * median) ** 2))
+    squared = euclidean_distances(z, z, squared=True)
+    kernels = []
+    for bandwidth in bandwidths:
+        kernel = squared.copy()
+        kernel *= -1.0 / (2.0 * (bandwidth * median) ** 2)  # in place, as rbf_kernel: float32 features stay float32
+        kernels.append(np.exp(kernel, out=kernel))
+    return kernels
 
 
 def nhsic(a: np.ndarray, b: np.ndarray) -> float:
@@ -91,10 +99,11 @@ def run(sites: dict[str, np.ndarray], layers: np.ndarray, sets: list[Dataset], b
         rows, observed, nulls = [], [], []
         for site in dataset.sites:
             acts = sites[site][dataset.rows]
-            for bandwidth in bandwidths:
-                r_x = resolvent(rbf(acts[:, 0], bandwidth), epsilon)
-                for slot, layer in enumerate(layers):
-                    r_t = resolvent(rbf(acts[:, slot], bandwidth), epsilon)
+            kernels = [rbf(acts[:, slot], bandwidths) for slot in range(len(layers))]  # [layer][bandwidth]
+            for width, bandwidth in enumerate(bandwidths):
+                resolvents = [resolvent(per_layer[width], epsilon) for per_layer in kernels]
+                r_x = resolvents[0]
+                for layer, r_t in zip(layers, resolvents):
                     observed.append(label_nhsic(r_t, dataset.labels, epsilon)[0])
                     nulls.append(label_nhsic(r_t, null_y, epsilon))
                     rows.append({**dataset.condition, "site": site, "layer": int(layer), "bandwidth": bandwidth,
