@@ -99,17 +99,21 @@ def run(sites: dict[str, np.ndarray], layers: np.ndarray, sets: list[Dataset], b
         rows, observed, nulls = [], [], []
         for site in dataset.sites:
             acts = sites[site][dataset.rows]
-            kernels = [rbf(acts[:, slot], bandwidths) for slot in range(len(layers))]  # [layer][bandwidth]
-            for width, bandwidth in enumerate(bandwidths):
-                resolvents = [resolvent(per_layer[width], epsilon) for per_layer in kernels]
-                r_x = resolvents[0]
-                for layer, r_t in zip(layers, resolvents):
-                    observed.append(label_nhsic(r_t, dataset.labels, epsilon)[0])
-                    nulls.append(label_nhsic(r_t, null_y, epsilon))
-                    rows.append({**dataset.condition, "site": site, "layer": int(layer), "bandwidth": bandwidth,
-                                 "n": len(dataset.labels), "n_groups": len(np.unique(dataset.groups)),
-                                 "nhsic_tx": nhsic(r_t, r_x), "nhsic_ty": observed[-1],
-                                 "nhsic_ty_null_mean": nulls[-1].mean()})
+            found = {}  # (width, slot) -> nHSIC(T;Y), its null draws, nHSIC(T;X); a layer's kernels at once
+            for slot in range(len(layers)):
+                resolvents = [resolvent(kernel, epsilon) for kernel in rbf(acts[:, slot], bandwidths)]
+                if slot == 0:
+                    r_x = resolvents  # layer 0, the input proxy
+                for width, r_t in enumerate(resolvents):
+                    found[width, slot] = (label_nhsic(r_t, dataset.labels, epsilon)[0],
+                                          label_nhsic(r_t, null_y, epsilon), nhsic(r_t, r_x[width]))
+            for (width, slot), (ty, null, tx) in sorted(found.items()):
+                observed.append(ty)
+                nulls.append(null)
+                rows.append({**dataset.condition, "site": site, "layer": int(layers[slot]),
+                             "bandwidth": bandwidths[width], "n": len(dataset.labels),
+                             "n_groups": len(np.unique(dataset.groups)), "nhsic_tx": tx, "nhsic_ty": ty,
+                             "nhsic_ty_null_mean": null.mean()})
         p, adjusted = permutation_p(np.array(observed), np.array(nulls))
         out += [{**r, "nhsic_ty_p": pi, "nhsic_ty_p_adjusted": ai} for r, pi, ai in zip(rows, p, adjusted)]
     table = pd.DataFrame(out)
