@@ -108,7 +108,7 @@ def test_probes_and_mutual_information_are_cpu_jobs_sized_from_their_inputs(tmp_
     targets = ["results/qwen32b/probes.csv", "results/qwen32b/mutual_information.csv",
                "results/qwen32b/represented_vs_reported.csv"]
     jobs = render(tmp_path, "profiles/slurm", targets, cli=["--configfile", "config.yaml", str(overlay)])
-    for target, runtime in zip(targets[:2], (240, 120)):
+    for target, runtime in zip(targets[:2], (60, 60)):
         job = jobs[target]
         sbatch = options(job["sbatch"])
         assert not job["local"] and sbatch[sbatch.index("-t") + 1] == str(runtime), job["sbatch"]

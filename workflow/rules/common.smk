@@ -371,9 +371,10 @@ def probe_inputs(wildcards):
 
 def activation_mem_mb(wildcards, input, attempt):
     """Probes and mutual information hold every captured activation in float32 (twice the float16 files) plus
-    per-fold copies: about six times the inputs, at least 4 GB. Cluster jobs, since at the paper's sizes that is
-    gigabytes (64 layers x 5,120 dimensions x thousands of rows) that a submit host should not load."""
-    return attempt * max(4000, 6 * int(input.size_mb))
+    per-fold copies and kernels: 2.2 times the activation files at the paper config's size (7.4 GiB for Qwen3-32B's
+    3.3 GiB capture, benchmarks/probe_jobs.py), hence three times the inputs, at least 4 GB. Cluster jobs, since that
+    is more than a submit host should load."""
+    return attempt * max(4000, 3 * int(input.size_mb))
 
 
 def probe_figure_inputs(wildcards):
