@@ -351,12 +351,13 @@ def probe_tables(settings: dict, seed: int, templates: dict[str, str], activatio
     outputs.write_csv(table, out)
 
 
-def represented_vs_reported(probe_file: str, trial_files: dict[str, str], out: str) -> None:
+def represented_vs_reported(probe_file: str, trial_files: dict[str, str], rule: str, out: str) -> None:
+    """The probes' accuracy next to the verbal accuracy by the scoring rule of the statistics (`stats.rule`)."""
     from . import probes
 
-    verbal = lambda column: column in ("perturbation", "strength") or column.startswith("correct_")  # noqa: E731
-    trials = {experiment: read_trials(path, verbal) for experiment, path in trial_files.items()}  # a localrule
-    table = probes.represented_vs_reported(pd.read_csv(probe_file), trials)
+    columns = ["perturbation", "strength", f"correct_{rule}"]  # a localrule: only what it compares
+    trials = {experiment: read_trials(path, columns) for experiment, path in trial_files.items()}
+    table = probes.represented_vs_reported(pd.read_csv(probe_file), trials, rule)
     log.info("represented vs reported:\n%s", table.to_string(index=False))
     outputs.write_csv(table, out)
 

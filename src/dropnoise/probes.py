@@ -193,7 +193,7 @@ def run(sites: dict[str, np.ndarray], layers: np.ndarray, sets: list[Dataset], f
 VERBAL = {"localization": "which_sentence", "zero_shot": "dropout_vs_noise"}
 
 
-def represented_vs_reported(probes: pd.DataFrame, trials: dict[str, pd.DataFrame], rule: str = "primary") -> pd.DataFrame:
+def represented_vs_reported(probes: pd.DataFrame, trials: dict[str, pd.DataFrame], rule: str) -> pd.DataFrame:
     """Per condition: the answer-position probe's accuracy next to the model's verbal accuracy on the same task.
 
     The probe layer is chosen once per experiment (the best mean accuracy over its conditions), not per

@@ -46,6 +46,7 @@ if config["probes"]["enabled"]:
             "../../envs/probing.yaml"
         params:
             experiments=captured,
+            rule=config["stats"]["rule"],
         localrule: True
         script:
             "../scripts/represented_vs_reported.py"

@@ -4,5 +4,6 @@ pipeline.setup_logging(snakemake.log[0])
 pipeline.represented_vs_reported(
     snakemake.input.probes,
     {e: snakemake.input[f"trials_{e}"] for e in snakemake.params.experiments},
+    snakemake.params.rule,
     snakemake.output[0],
 )
