@@ -45,10 +45,8 @@ def trial_table(experiment: str, trials: int, letters: tuple[str, str], rng: np.
     if experiment == "localization":  # one sentence per trial, both perturbations, the answer either letter
         picked = [(t, f"s{t}", f"s{t}", kind) for t in range(trials) for kind in STRENGTHS]
     else:  # single class: renderings of base trials under every alias; the capture samples renderings
-        renderings = [(b * ALIASES + a, f"{kind}-{b}", f"s{b}", kind)
-                      for kind in STRENGTHS for b in range(1000) for a in range(ALIASES)]
-        sample = set(random.Random(0).sample(range(len(renderings)), trials))
-        picked = [r for i, r in enumerate(renderings) if i in sample]
+        renderings = [(f"{kind}-{b}", f"s{b}", kind) for kind in STRENGTHS for b in range(1000) for _ in range(ALIASES)]
+        picked = [(i, *renderings[i]) for i in sorted(random.Random(0).sample(range(len(renderings)), trials))]
     targets = {trial: letters[rng.integers(2)] if experiment == "localization" else letters[0]
                for trial, *_ in picked}
     rows = [{"trial_id": trial, "base_id": base, "sentence_id": sentence, "perturbation": kind, "strength": s,
