@@ -425,6 +425,23 @@ def test_figures_draw_every_strength_and_every_fit(tmp_path):
     assert [t.get_text() for t in forest.axes[0].get_yticklabels()] == ["m · localization · dropout"]
 
 
+def test_trial_tables_keep_sentence_ids_that_look_like_missing_values(tmp_path):
+    """A pool's ids are read as strings (density.csv, the pool): the trial tables must be read the same way, or an
+    id such as "NA" or "null" would become NaN and its trials would lose their density."""
+    trials = planted_trials(0.8, n_sentences=4).assign(sentence_id=lambda t: t.sentence_id.map(
+        {"s0": "NA", "s1": "null", "s2": "None", "s3": "s3"}))
+    trial_file = tmp_path / "localization.csv"
+    trials.drop(columns=["log_density", "clean_nll", "source"]).rename(columns={"correct": "correct_primary"}).to_csv(
+        trial_file, index=False)
+    density_file = tmp_path / "density.csv"
+    trials.drop_duplicates("sentence_id")[["sentence_id", "log_density", "clean_nll", "source"]].to_csv(
+        density_file, index=False)
+    densities = density_pipeline.read_densities(["m"], [str(density_file)])
+    table = density_pipeline.joined_tables(["m"], ["localization"], [str(trial_file)], densities, "primary")["m", "localization"]
+    assert table.groupby("sentence_id").log_density.first().to_dict() == (
+        trials.groupby("sentence_id").log_density.first().to_dict())
+
+
 def test_bad_density_config_fails_with_the_key(tmp_path):
     paper = yaml.safe_load((ROOT / "config.yaml").read_text())
     paper["density"]["bandwidth"]["scales"] = [0.5, 2]

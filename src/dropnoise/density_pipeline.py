@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from . import density, density_dependence, density_figures, outputs, sentences, style
+from .pipeline import read_trials
 from .vocabulary import derive_seed
 
 log = logging.getLogger("dropnoise")
@@ -106,7 +107,7 @@ def joined_tables(models: list[str], experiments: list[str], trial_files: list[s
     tables = {}
     for i, model in enumerate(models):
         for j, experiment in enumerate(experiments):
-            trials = pd.read_csv(trial_files[i * len(experiments) + j], usecols=density_dependence.reads(rule))
+            trials = read_trials(trial_files[i * len(experiments) + j], density_dependence.reads(rule))
             tables[model, experiment] = density_dependence.join(trials, densities[model], rule)
     return tables
 
