@@ -26,3 +26,19 @@ rule all:
     input:
         all_targets(),
     default_target: True
+
+
+# A target under a folder that is no model's (a typo: results/qwen23b/zero_shot.csv) fails with the list of models
+# instead of "No rule to produce"; it never runs.
+rule unknown_model:
+    input:
+        not_a_model,
+    output:
+        "{top}/{unknown}/{path}",
+    log:
+        "logs/unknown_model/{top}/{unknown}/{path}.log",
+    wildcard_constraints:
+        top="results|paper_figures",
+        unknown=UNKNOWN_MODEL,
+        path=".+",
+    localrule: True

@@ -78,6 +78,13 @@ def test_zero_shot_target_has_only_its_jobs():
     assert "localization" not in out  # the paper's grid is configured: no dependency on localization results
 
 
+@pytest.mark.parametrize("target", ["results/qwen23b/zero_shot.csv", "paper_figures/qwen23b/fig4_zero_shot.pdf"])
+def test_a_target_of_an_unknown_model_names_the_models(target):
+    out = snakemake("-n", target, check=False)
+    assert out.returncode != 0
+    assert f"{target}: 'qwen23b' is not a model of this configuration; its models are llama8b, qwen14b" in out.stdout + out.stderr
+
+
 def test_dynamics_target_runs_only_localization_on_each_checkpoint(tmp_path):
     overlay = tmp_path / "probes.yaml"
     overlay.write_text("probes: {enabled: true}\n")

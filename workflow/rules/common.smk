@@ -59,6 +59,18 @@ wildcard_constraints:
     figure="|".join([*PAPER_FIGURES, *MODEL_FIGURES]),
 
 
+def not_a_model(wildcards):
+    """The input of unknown_model (Snakefile): a target under a folder that is no model's names the models."""
+    raise ValueError(
+        f"{wildcards.top}/{wildcards.unknown}/{wildcards.path}: '{wildcards.unknown}' is not a model of this "
+        f"configuration; its models are {', '.join(MODELS)} (add one under `models:` in config.yaml)"
+    )
+
+
+# results/ and paper_figures/ hold one folder per model, and results/stats/.
+UNKNOWN_MODEL = "(?!(?:" + "|".join(re.escape(name) for name in [*MODELS, "stats"]) + ")/)[^/]+"
+
+
 def all_targets():
     per_experiment = [
         f"results/{model}/{experiment}{suffix}"
