@@ -114,6 +114,9 @@ def test_dynamics_target_runs_only_localization_on_each_checkpoint(tmp_path):
         ({"models": {"tiny-llama": {"kind": "tiny", "family": "llama", "tokenizer_from": "smollm2-135m",
                                     "checkpoints": [{"step": 1}]}}}, "only hf and trained_tiny entries have checkpoints"),
         # a key of another kind, which that kind would ignore
+        # README's placeholder, pasted as is
+        ({"models": {"llama8b": {"revision": "<40-hex commit>"}}},
+         ["'<40-hex commit>' does not match", "On instance['models']['llama8b']['revision']"]),
         ({"models": {"smollm2-135m": {"revision": "main"}}},
          "models.smollm2-135m.revision: only hf entries read this key, and this entry is gguf_package"),
         # a misspelled key in a model entry (here: 0 GPUs on a cluster) or in its settings for an experiment
