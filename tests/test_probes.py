@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 from scipy.spatial.distance import pdist
 from sklearn.metrics.pairwise import rbf_kernel
 from sklearn.preprocessing import StandardScaler
@@ -60,6 +61,46 @@ def test_probe_intervals_widen_by_the_design_effect_of_repeated_sentences():
     perfect = probes.scores(np.repeat(y, 4), np.repeat(y, 4).astype(float), np.repeat(np.arange(60), 4).astype(str))
     assert perfect["design_effect"] == 4 and perfect["accuracy_low"] == pytest.approx(
         proportion_confint(60, 60, method="wilson")[0])
+
+
+def test_auroc_interval_is_delong_with_one_row_per_sentence_and_ignores_repeats():
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 2, 80)
+    proba = np.round(rng.random(80) * 0.6 + 0.3 * y, 1)  # ties included
+    pairs = (proba[y == 1][:, None] > proba[y == 0][None, :]) + 0.5 * (proba[y == 1][:, None] == proba[y == 0][None, :])
+    auc = pairs.mean()  # DeLong from its definition: the pairwise kernel's row and column means
+    se = np.sqrt(pairs.mean(1).var(ddof=1) / pairs.shape[0] + pairs.mean(0).var(ddof=1) / pairs.shape[1])
+    alone = probes.auroc_interval(y, proba, np.arange(80))
+    assert alone == pytest.approx((auc - 1.96 * se, auc + 1.96 * se))
+    repeated = probes.auroc_interval(np.repeat(y, 3), np.repeat(proba, 3), np.repeat(np.arange(80), 3))
+    assert repeated == pytest.approx(alone)  # three copies of each sentence's row are no more evidence than one
+    assert np.isnan(probes.auroc_interval(y, proba, np.where(y == 1, 0, np.arange(80)))).all()  # one positive sentence
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_auroc_interval_covers_when_sentences_drive_the_scores(paired):
+    """Scores share their sentence's offset (half their variance). Unpaired: 40 sentences per class, 5 rows each;
+    paired: 100 sentences with one row of each class (a trial's perturbed and clean rows), where the offset cancels
+    within a sentence. The clustered interval holds its 95% in both; DeLong on rows as if independent is too narrow
+    in the first and too wide in the second."""
+    rng = np.random.default_rng(8)
+    truth = stats.norm.cdf(0.5)  # P(X > Y) for a shift of 1 and var(X - Y) = 4
+    if paired:
+        y, groups, shift, sentences = np.tile([1, 0], 100), np.repeat(np.arange(100), 2), np.tile([1.0, 0.0], 100), 100
+    else:
+        y, groups, shift, sentences = np.repeat([1, 0], 200), np.repeat(np.arange(80), 5), np.repeat([1.0, 0.0], 200), 80
+    covered, width = {"sentences": 0, "rows": 0}, {"sentences": 0.0, "rows": 0.0}
+    for _ in range(300):
+        score = np.repeat(rng.normal(size=sentences), len(y) // sentences) + shift + rng.normal(size=len(y))
+        for name, units in (("sentences", groups), ("rows", np.arange(len(y)))):
+            low, high = probes.auroc_interval(y, score, units)
+            covered[name] += low <= truth <= high
+            width[name] += high - low
+    assert 0.91 <= covered["sentences"] / 300 <= 0.98
+    if paired:
+        assert covered["rows"] / 300 > 0.96 and width["rows"] > 1.2 * width["sentences"]
+    else:
+        assert covered["rows"] / 300 < 0.85
 
 
 def test_norm_baseline_sees_a_scale_shortcut_that_the_mean_direction_lacks():

@@ -146,28 +146,46 @@ def design_effect(correct: np.ndarray, groups: np.ndarray) -> float:
     return max(1.0, robust / binomial)
 
 
-def auroc_interval(auc: float, n_pos: float, n_neg: float) -> tuple[float, float]:
-    """95% interval of an AUROC from its Hanley-McNeil (1982) standard error."""
-    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
-    se = np.sqrt((auc * (1 - auc) + (n_pos - 1) * (q1 - auc**2) + (n_neg - 1) * (q2 - auc**2)) / (n_pos * n_neg))
+def auroc_interval(y: np.ndarray, proba: np.ndarray, groups: np.ndarray) -> tuple[float, float]:
+    """95% interval of the AUROC of rows clustered by sentence: Obuchowski's (1997, Biometrics 53:567) variance,
+    DeLong's structural components summed per cluster, so that a sentence's rows count once and a positive and a
+    negative row of one sentence (a trial's perturbed and clean rows) covary. With one row per sentence it is
+    DeLong's variance; repeating every sentence's rows leaves it unchanged. NaN where fewer than two sentences
+    hold either class."""
+    positive = y.astype(bool)
+    n_pos, n_neg = positive.sum(), (~positive).sum()
+    ranks = stats.rankdata(proba)
+    v10, v01 = np.zeros(len(y)), np.zeros(len(y))
+    v10[positive] = (ranks[positive] - stats.rankdata(proba[positive])) / n_neg  # negatives below each positive
+    v01[~positive] = 1 - (ranks[~positive] - stats.rankdata(proba[~positive])) / n_pos  # positives above each negative
+    auc = v10[positive].mean()
+    per = pd.DataFrame({"group": groups, "pos": positive, "neg": ~positive, "v10": v10, "v01": v01}).groupby("group").sum()
+    d10, d01 = per.v10 - per.pos * auc, per.v01 - per.neg * auc
+    clusters, with_pos, with_neg = len(per), (per.pos > 0).sum(), (per.neg > 0).sum()
+    if min(with_pos, with_neg) < 2:
+        return np.nan, np.nan
+    s10 = with_pos / ((with_pos - 1) * n_pos) * (d10**2).sum()
+    s01 = with_neg / ((with_neg - 1) * n_neg) * (d01**2).sum()
+    s11 = clusters / (clusters - 1) * (d10 * d01).sum()
+    se = np.sqrt(max(s10 / n_pos + s01 / n_neg + 2 * s11 / (n_pos * n_neg), 0.0))
     return max(0.0, auc - 1.96 * se), min(1.0, auc + 1.96 * se)
 
 
 def scores(y: np.ndarray, proba: np.ndarray, groups: np.ndarray) -> dict:
-    """Accuracy (95% Wilson interval), AUROC (95% Hanley-McNeil interval), and the cross-entropy bound
-    I(T;Y) >= H(Y) - CE in bits. Rows of one sentence are not independent: both intervals use the effective
-    sample size n / deff, deff the design effect of the rows' correctness by sentence (for the AUROC, an
-    approximation: its own design effect is not estimated)."""
+    """Accuracy (95% Wilson interval), AUROC (95% interval, `auroc_interval`), and the cross-entropy bound
+    I(T;Y) >= H(Y) - CE in bits. Rows of one sentence are not independent: the accuracy's interval uses the
+    effective sample size n / deff, deff the design effect of the rows' correctness by sentence; the AUROC's
+    variance is clustered by sentence."""
     hits = (proba > 0.5) == y
     deff = design_effect(hits, groups)
     low, high = proportion_confint(hits.sum() / deff, len(y) / deff, alpha=0.05, method="wilson")
-    auc = roc_auc_score(y, proba)
-    auc_low, auc_high = auroc_interval(auc, max(y.sum() / deff, 1.0), max((1 - y).sum() / deff, 1.0))
+    auc_low, auc_high = auroc_interval(y, proba, groups)
     entropy = stats.entropy(np.bincount(y, minlength=2), base=2)
     cross_entropy = log_loss(y, np.clip(proba, 1e-6, 1 - 1e-6), labels=[0, 1]) / np.log(2)
     return {"n": len(y), "design_effect": deff, "accuracy": hits.mean(), "accuracy_low": low, "accuracy_high": high,
-            "auroc": auc, "auroc_low": auc_low, "auroc_high": auc_high, "label_entropy_bits": entropy,
-            "cross_entropy_bits": cross_entropy, "mi_lower_bound_bits": entropy - cross_entropy}
+            "auroc": roc_auc_score(y, proba), "auroc_low": auc_low, "auroc_high": auc_high,
+            "label_entropy_bits": entropy, "cross_entropy_bits": cross_entropy,
+            "mi_lower_bound_bits": entropy - cross_entropy}
 
 
 def run(sites: dict[str, np.ndarray], layers: np.ndarray, sets: list[Dataset], folds: int, C: float, seed: int) -> pd.DataFrame:
