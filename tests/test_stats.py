@@ -53,6 +53,41 @@ def test_condition_tests_chance_is_not_significant_and_a_strong_condition_is():
     assert set(table.rule) == {"primary", "aggregate", "argmax"}
 
 
+def test_binomial_p_is_scipys_exact_test_at_whole_counts():
+    for n in (1, 2, 7, 40, 301):
+        for k in range(n + 1):
+            assert stats.binomial_p(k, n) == pytest.approx(binomtest(k, n, 0.5).pvalue, rel=1e-9, abs=1e-300)
+    assert stats.binomial_p(20, 26) < stats.binomial_p(20, 80 / 3) < stats.binomial_p(20, 27)  # real counts
+
+
+def test_condition_tests_count_a_repeated_sentence_once_when_its_trials_agree():
+    rng = np.random.default_rng(3)
+    once = zero_shot_trials(rng, {"dropout_noise": lambda s: 0.7}, n_sentences=50)
+    # every trial shown four times over (sentences drawn with replacement, each time answered alike)
+    repeated = pd.concat([once.assign(base_id=once.base_id + f"-{r}") for r in range(4)], ignore_index=True)
+    alone, four = stats.condition_tests(once, "zero_shot"), stats.condition_tests(repeated, "zero_shot")
+    assert (alone.design_effect == 1).all() and four.design_effect.to_numpy() == pytest.approx(4)
+    assert (four.n == 4 * alone.n).all() and (four.n_sentences == alone.n_sentences).all()
+    for column in ("accuracy", "wilson_low", "wilson_high", "cp_low", "cp_high", "p_value"):
+        assert four[column].to_numpy() == pytest.approx(alone[column].to_numpy()), column
+    assert alone.p_value.to_numpy() == pytest.approx([binomtest(k, n, 0.5).pvalue for k, n in zip(alone.correct, alone.n)])
+
+
+def test_condition_tests_hold_their_size_when_sentences_repeat():
+    """A null condition (accuracy 1/2 on average) whose 300 trials reuse 60 sentences, each sentence with its own
+    accuracy (between-sentence spread: intra-sentence correlation 1/2): the binomial test on trials as if
+    independent rejects far more than 5% of the time, the test on the effective sample size about 5%."""
+    rng = np.random.default_rng(4)
+    sentences = np.repeat(np.arange(60), 5)
+    rejected = {"effective": 0, "independent": 0}
+    for _ in range(400):
+        correct = rng.random(300) < rng.beta(0.5, 0.5, 60)[sentences]
+        k, deff = int(correct.sum()), stats.design_effect(correct, sentences)
+        rejected["effective"] += stats.binomial_p(k / deff, 300 / deff) < 0.05
+        rejected["independent"] += binomtest(k, 300, 0.5).pvalue < 0.05
+    assert rejected["effective"] / 400 < 0.08 and rejected["independent"] / 400 > 0.2
+
+
 def test_dose_response_intervals_cover_a_planted_slope_and_a_flat_curve_is_rarely_significant():
     """Over 40 simulated experiments: the 95% interval covers the true slope about 95% of the time, and a flat
     control curve is declared significant about 5% of the time (Holm within each perturbation)."""

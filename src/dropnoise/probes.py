@@ -33,6 +33,7 @@ from statsmodels.stats.proportion import proportion_confint
 
 from .activations import CLEAN, SITES
 from .label_permutations import null_labels
+from .stats import design_effect
 from .vocabulary import PERTURBATIONS, derive_seed
 
 FEATURES = ("linear", "norm", "shuffled")
@@ -131,21 +132,6 @@ def out_of_fold(estimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray, fol
     return proba
 
 
-def design_effect(correct: np.ndarray, groups: np.ndarray) -> float:
-    """Kish's design effect of a proportion whose rows come in clusters (sentences): the cluster-robust (sandwich)
-    variance of the mean over the binomial one, at least 1. One row per cluster gives exactly 1; every cluster k
-    identical rows, exactly k. Where the ratio is undefined (every row alike, or one cluster) it is the mean cluster
-    size, the most that repetition can cost: a probe right on every row has seen each sentence's rows agree, which
-    is no more evidence than one row per sentence."""
-    n, p = len(correct), correct.mean()
-    totals = pd.DataFrame({"correct": correct, "group": groups}).groupby("group").correct.agg(["sum", "count"])
-    clusters, binomial = len(totals), p * (1 - p) / n
-    if clusters < 2 or binomial == 0:
-        return n / clusters
-    robust = ((totals["sum"] - p * totals["count"]) ** 2).sum() / n**2
-    return max(1.0, robust / binomial)
-
-
 def auroc_interval(y: np.ndarray, proba: np.ndarray, groups: np.ndarray) -> tuple[float, float]:
     """95% interval of the AUROC of rows clustered by sentence: Obuchowski's (1997, Biometrics 53:567) variance,
     DeLong's structural components summed per cluster, so that a sentence's rows count once and a positive and a
@@ -157,9 +143,10 @@ def auroc_interval(y: np.ndarray, proba: np.ndarray, groups: np.ndarray) -> tupl
     ranks = stats.rankdata(proba)
     v10, v01 = np.zeros(len(y)), np.zeros(len(y))
     v10[positive] = (ranks[positive] - stats.rankdata(proba[positive])) / n_neg  # negatives below each positive
-    v01[~positive] = 1 - (ranks[~positive] - stats.rankdata(proba[~positive])) / n_pos  # positives above each negative
+    v01[~positive] = 1 - (ranks[~positive] - stats.rankdata(proba[~positive])) / n_pos  # positives above a negative
     auc = v10[positive].mean()
-    per = pd.DataFrame({"group": groups, "pos": positive, "neg": ~positive, "v10": v10, "v01": v01}).groupby("group").sum()
+    per = pd.DataFrame({"group": groups, "pos": positive, "neg": ~positive, "v10": v10, "v01": v01})
+    per = per.groupby("group").sum()
     d10, d01 = per.v10 - per.pos * auc, per.v01 - per.neg * auc
     clusters, with_pos, with_neg = len(per), (per.pos > 0).sum(), (per.neg > 0).sum()
     if min(with_pos, with_neg) < 2:

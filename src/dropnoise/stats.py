@@ -8,13 +8,19 @@ all strengths, aliases and label conditions of a base trial share their sentence
 Tables (each a function below; columns in order):
 
 `condition_tests`: one row per model x experiment x condition x scoring rule.
-    Inputs: correct_{rule} per trial. Test: exact two-sided binomial test of accuracy = 1/2 (scipy binomtest).
-    Columns: model, experiment, family, <condition columns>, rule, n, correct, accuracy, wilson_low/high (95%),
-    cp_low/high (Clopper-Pearson 95%), p_value, p_adjusted, significant. p_adjusted is Holm (or BH, `correction`)
-    within the family `condition_family`: `curve` = model x experiment x rule x every condition column except the
-    strengths, i.e. over the strengths of one curve (over the dropout x noise cells of one few-shot panel), or
-    `experiment` = model x experiment x rule, over every curve at once (the confirmatory choice when many alias
-    curves ran: 50 curves corrected one by one leave about a 90% chance of some false "above chance" cell).
+    Inputs: correct_{rule} and sentence_id per trial. Test: exact two-sided binomial test of accuracy = 1/2 on the
+    effective sample size (Korn & Graubard 1998): a condition's trials draw their sentences with replacement, so a
+    sentence can appear in several (about 1.3 trials per sentence at the paper's 1000 trials from 2000 sentences per
+    length; 12 in the control, 1000 trials per topic pair over its 80 sentences), and its trials' answers are not
+    independent. The counts are divided by the design effect of the trials' correctness by sentence (Kish's, from
+    the cluster-robust variance; 1 when no sentence repeats, where this is scipy's binomtest and the intervals are
+    the usual ones), and the test and both intervals use them.
+    Columns: model, experiment, family, <condition columns>, rule, n, correct, accuracy, n_sentences, design_effect,
+    wilson_low/high (95%), cp_low/high (Clopper-Pearson 95%), p_value, p_adjusted, significant. p_adjusted is Holm
+    (or BH, `correction`) within the family `condition_family`: `curve` = model x experiment x rule x every condition
+    column except the strengths, i.e. over the strengths of one curve (over the dropout x noise cells of one few-shot
+    panel), or `experiment` = model x experiment x rule, over every curve at once (the confirmatory choice when many
+    alias curves ran: 50 curves corrected one by one leave about a 90% chance of some false "above chance" cell).
 
 `dose_response`: one row per model x experiment x curve (perturbation, alias, k, label condition).
     Formula: logit P(correct) = b0 + b1 * strength (statsmodels GLM, binomial family), standard errors clustered
@@ -70,6 +76,7 @@ import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 import statsmodels.formula.api as smf
+from scipy.special import betainc
 from scipy.stats import binomtest, fisher_exact, mannwhitneyu
 from scipy.stats import t as t_dist
 from statsmodels.stats.contingency_tables import Table2x2, mcnemar
@@ -103,7 +110,7 @@ def reads(table: str, experiment: str, rule: str):
     job holds a fraction of a paper-scale few-shot table (36 columns, 9.6M rows), not all of it."""
     columns = {"model", "experiment", f"correct_{rule}", "sentence_id"}  # sentences are the clusters
     if table == "condition_tests":
-        columns = {"model", "experiment", *CONDITIONS[experiment], *(f"correct_{r}" for r in RULES)}
+        columns = {"model", "experiment", "sentence_id", *CONDITIONS[experiment], *(f"correct_{r}" for r in RULES)}
     elif table == "dose_response":
         columns |= {*CURVES[experiment], "strength"}
     elif table == "discrimination":  # said "dropout": the answer's letter among the options (one prob_ column each)
@@ -111,6 +118,23 @@ def reads(table: str, experiment: str, rule: str):
     else:  # paired tables: the same base trial under two conditions
         columns |= {*CONDITIONS[experiment], "perturbation", "label_condition", "base_id"}
     return lambda column: column in columns or (table == "discrimination" and column.startswith("prob_"))
+
+
+def design_effect(correct: np.ndarray, groups: np.ndarray) -> float:
+    """Kish's design effect of a proportion whose rows come in clusters (sentences): the cluster-robust (sandwich)
+    variance of the mean over the binomial one, at least 1. One row per cluster gives exactly 1; every cluster k
+    identical rows, exactly k. Where the ratio is undefined (every row alike, or one cluster) it is the design
+    effect of clusters whose rows always agree, sum(m_i^2) / n for clusters of m_i rows, the most that repetition
+    can cost: a proportion of 1 over rows that repeat sentences is no more evidence than one row per sentence."""
+    n, p = len(correct), correct.mean()
+    totals = pd.DataFrame({"correct": correct, "group": groups}).groupby("group").correct.agg(["sum", "count"])
+    clusters, binomial = len(totals), p * (1 - p) / n
+    if clusters == n:
+        return 1.0
+    if clusters < 2 or binomial == 0:
+        return float((totals["count"] ** 2).sum() / n)
+    robust = ((totals["sum"] - p * totals["count"]) ** 2).sum() / n**2
+    return max(1.0, robust / binomial)
 
 
 def adjust(frame: pd.DataFrame, family: list[str], alpha: float, method: str) -> pd.DataFrame:
@@ -167,19 +191,31 @@ def clustered_logit(data: pd.DataFrame, formula: str, term: str, groups: str) ->
             "note": separated.describe() + ": those trials inform no estimate" if separated else ""}
 
 
+def binomial_p(correct: float, n: float) -> float:
+    """Two-sided exact binomial p-value of accuracy = 1/2, for counts that may be effective (count / deff, not whole
+    numbers): twice the upper tail of the larger count, P(X >= m) = I_1/2(m, n - m + 1) (the regularized incomplete
+    beta function, which extends the binomial tail to real counts). At whole counts it is scipy's binomtest, whose
+    two-sided p at 1/2 is twice a tail since the null distribution is symmetric."""
+    larger = max(correct, n - correct)
+    return float(min(1.0, 2 * betainc(larger, n - larger + 1, CHANCE)))
+
+
 def condition_tests(trials: pd.DataFrame, experiment: str, alpha: float = 0.05, method: str = "holm",
                     family: str = "curve") -> pd.DataFrame:
     conditions = ["model", "experiment", *CONDITIONS[experiment]]
     rows = []
     for key, group in trials.groupby(conditions, sort=True):
         for rule in RULES:
-            n, k = len(group), int(group[f"correct_{rule}"].sum())
-            wilson = proportion_confint(k, n, alpha=0.05, method="wilson")
-            exact = proportion_confint(k, n, alpha=0.05, method="beta")
+            correct = group[f"correct_{rule}"].to_numpy(dtype=bool)
+            n, k = len(correct), int(correct.sum())
+            deff = design_effect(correct, group["sentence_id"].to_numpy())
+            wilson = proportion_confint(k / deff, n / deff, alpha=0.05, method="wilson")
+            exact = proportion_confint(k / deff, n / deff, alpha=0.05, method="beta")
             rows.append({
                 **dict(zip(conditions, key)), "rule": rule, "n": n, "correct": k, "accuracy": k / n,
+                "n_sentences": group["sentence_id"].nunique(), "design_effect": deff,
                 "wilson_low": wilson[0], "wilson_high": wilson[1], "cp_low": exact[0], "cp_high": exact[1],
-                "p_value": binomtest(k, n, CHANCE).pvalue,
+                "p_value": binomial_p(k / deff, n / deff),
             })
     if family == "curve":
         columns = [c for c in conditions if c not in STRENGTH_COLUMNS] + ["rule"]
