@@ -11,6 +11,7 @@ import patsy
 import pytest
 import statsmodels.api as sm
 from scipy.stats import binomtest
+from statsmodels.stats.contingency_tables import mcnemar
 
 from dropnoise import outputs, pipeline, stats, summary
 from dropnoise.labels import load_aliases
@@ -156,6 +157,20 @@ def test_label_pairs_detect_a_planted_difference_and_not_a_null_one():
 
     null = stats.label_pairs(few_shot_trials(rng, 0.7, 0.7))
     assert not null.significant.any()
+
+
+def test_label_pair_cells_are_exact_mcnemar_and_count_a_repeated_sentence_once():
+    trials = few_shot_trials(np.random.default_rng(7), 0.8, 0.5)
+    alone = stats.label_pairs(trials)
+    cells = alone[alone.dropout_strength != "all"]
+    assert cells.p_value.to_numpy() == pytest.approx(
+        [mcnemar([[0, b], [c, 0]], exact=True).pvalue for b, c in zip(cells.b, cells.c)])
+    # every base trial drawn four times over with its sentence, answered alike each time
+    repeated = pd.concat([trials.assign(base_id=trials.base_id + f"-{r}") for r in range(4)], ignore_index=True)
+    four = stats.label_pairs(repeated)
+    four_cells = four[four.dropout_strength != "all"]
+    assert (four_cells.b.to_numpy() == 4 * cells.b.to_numpy()).all()
+    assert four_cells.p_value.to_numpy() == pytest.approx(cells.p_value.to_numpy())
 
 
 def test_label_pairs_cover_every_other_label_condition():

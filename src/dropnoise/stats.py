@@ -32,11 +32,13 @@ Tables (each a function below; columns in order):
 
 `label_pairs`: few-shot, the same base trials under correct and another teaching-label condition.
     Per dropout x noise cell: exact McNemar test on the discordant pairs (b: correct label right, other wrong;
-    c: the reverse). Per panel (cell = "all"): a paired logistic model, logit P(correct) = b0 + b1 * [correct
-    labels], standard errors clustered by sentence (pairs and their repeats across cells are clusters); where it has
-    no estimable odds ratio (e.g. every pair right under one condition makes it infinite, see `separation`; or the
-    outcome is constant within every sentence), the exact sign test of the sentences' mean paired differences
-    instead (`test` says which, `note` why; with 5 or fewer sentences it cannot reach p < 0.05).
+    c: the reverse), on their effective number as in `condition_tests` (b and c divided by the design effect, by
+    sentence, of which way a discordant pair went). Per panel (cell = "all"): a paired logistic model,
+    logit P(correct) = b0 + b1 * [correct labels], standard errors clustered by sentence (pairs and their repeats
+    across cells are clusters); where it has no estimable odds ratio (e.g. every pair right under one condition makes
+    it infinite, see `separation`; or the outcome is constant within every sentence), the exact sign test of the
+    sentences' mean paired differences instead (`test` says which, `note` why; with 5 or fewer sentences it cannot
+    reach p < 0.05).
     Columns: model, experiment, family, k, alias, comparison, dropout_strength, noise_strength, n_pairs,
     accuracy_correct, accuracy_other, difference, b, c, odds_ratio, or_low, or_high, p_value, p_adjusted
     (across the cells of a panel), significant, test, note.
@@ -79,7 +81,7 @@ import statsmodels.formula.api as smf
 from scipy.special import betainc
 from scipy.stats import binomtest, fisher_exact, mannwhitneyu
 from scipy.stats import t as t_dist
-from statsmodels.stats.contingency_tables import Table2x2, mcnemar
+from statsmodels.stats.contingency_tables import Table2x2
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
@@ -387,13 +389,18 @@ def _pairs(trials: pd.DataFrame, column: str, first: str, second: str, keys: lis
 
 
 def _mcnemar(pairs: pd.DataFrame) -> dict:
+    """Exact McNemar test: the binomial test of b among the b + c discordant pairs, on their effective number (the
+    design effect of which way they disagree, by sentence; 1 where no sentence recurs among them, where this is
+    the usual exact McNemar test)."""
     first, second = pairs["correct_first"], pairs["correct_second"]
-    b, c = int(((first == 1) & (second == 0)).sum()), int(((first == 0) & (second == 1)).sum())
-    table = [[int(((first == 1) & (second == 1)).sum()), b], [c, int(((first == 0) & (second == 0)).sum())]]
+    discordant = pairs[first != second]
+    b, c = int(discordant["correct_first"].sum()), int(len(discordant) - discordant["correct_first"].sum())
+    way = discordant["correct_first"].to_numpy() == 1  # b (True) or c
+    deff = design_effect(way, discordant["sentence_id"].to_numpy()) if b + c else 1.0
     return {
         "n_pairs": len(pairs), "accuracy_correct": first.mean(), "accuracy_other": second.mean(),
         "difference": first.mean() - second.mean(), "b": b, "c": c,
-        "p_value": mcnemar(table, exact=True).pvalue if b + c else 1.0, "test": "exact McNemar",
+        "p_value": binomial_p(b / deff, (b + c) / deff), "test": "exact McNemar",
     }
 
 
