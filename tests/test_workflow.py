@@ -114,6 +114,12 @@ def test_dynamics_target_runs_only_localization_on_each_checkpoint(tmp_path):
         ({"models": {"tiny-llama": {"kind": "tiny", "family": "llama", "tokenizer_from": "smollm2-135m",
                                     "checkpoints": [{"step": 1}]}}}, "only hf and trained_tiny entries have checkpoints"),
         # a key of another kind, which that kind would ignore
+        # an alias typo in the settings of a model that run.models does not list (a target can still name it)
+        ({"models": {"tiny-qwen3": {"settings": {"zero_shot": {"aliases": ["papr"]}}}}},
+         "models.tiny-qwen3.settings.zero_shot.aliases: unknown alias 'papr'"),
+        # a Hub model must say how many GPUs it needs (no silent CPU default)
+        ({"models": {"mistral7b": {"kind": "hf", "repo_id": "mistralai/Mistral-7B-Instruct-v0.3", "revision": "0" * 40}}},
+         ["'gpus' is a required property", "On instance['models']['mistral7b']"]),
         # README's placeholder, pasted as is
         ({"models": {"llama8b": {"revision": "<40-hex commit>"}}},
          ["'<40-hex commit>' does not match", "On instance['models']['llama8b']['revision']"]),

@@ -84,14 +84,20 @@ def check(config: dict, root: str | Path = ".") -> None:
     else:
         try:
             aliases = load_aliases(aliases_path)
-            for key in config["run"]["models"]:
-                for name in GRID_EXPERIMENTS:
-                    if name in config["experiments"] and key in models:
-                        aliases.names(settings(config, key, name)["aliases"])
         except AliasError as err:
             problems.append(f"aliases: {err}")
-            aliases = None
         else:
+            for key, entry in models.items():  # every entry: a target can name a model that run.models does not
+                for name in GRID_EXPERIMENTS:
+                    if name not in config["experiments"]:
+                        continue
+                    own = "aliases" in entry.get("settings", {}).get(name, {})
+                    where = (f"models.{entry.get('checkpoint_of', key)}.settings.{name}.aliases" if own
+                             else f"experiments.{name}.aliases")
+                    try:
+                        aliases.names(settings(config, key, name)["aliases"])
+                    except AliasError as err:
+                        problems.append(f"{where}: {err}")
             for field in ("emphasis", "flipped_labels"):
                 unknown = [a for a in config["figures"][field] if a not in aliases.entries]
                 if unknown:

@@ -267,7 +267,16 @@ def shard_trial_split(wildcards):
 
 
 def model_gpus(wildcards):
-    return config["models"][wildcards.model].get("gpus", 0)
+    """A model's GPUs as the `gpu` resource (sbatch --gpus=N), unless they are requested as gres."""
+    return 0 if config["inference"].get("gpu_request") == "gres" else config["models"][wildcards.model].get("gpus", 0)
+
+
+def model_gres(wildcards):
+    """A model's GPUs as the `gres` resource (--gres=gpu[:type]:N) under inference.gpu_request: gres; else none."""
+    gpus = config["models"][wildcards.model].get("gpus", 0)
+    if config["inference"].get("gpu_request") != "gres" or not gpus:
+        return ""
+    return ":".join(["gpu", *filter(None, [config["inference"].get("gres_type")]), str(gpus)])
 
 
 def model_mem_mb(wildcards, attempt):

@@ -36,6 +36,7 @@ rule density_features:
     threads: 4
     resources:
         gpu=model_gpus,
+        gres=model_gres,
         mem_mb=model_mem_mb,
         runtime=model_runtime,
     script:

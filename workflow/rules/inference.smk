@@ -15,6 +15,7 @@ rule perturbed_inference:
     threads: 4
     resources:
         gpu=model_gpus,
+        gres=model_gres,
         mem_mb=model_mem_mb,
         runtime=model_runtime,
     script:

@@ -88,6 +88,7 @@ if config["probes"]["enabled"]:
             threads: 4
             resources:
                 gpu=model_gpus,
+                gres=model_gres,
                 mem_mb=model_mem_mb,
                 runtime=model_runtime,
             script:
