@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from dropnoise import config as dnconfig
 
 WORKFLOW_FILES = ["Snakefile", "config.yaml", "workflow", "envs", "data", "presets", "profiles"]
 PAPER_MODELS = ["llama8b", "qwen14b", "qwen32b", "olmo32b"]
@@ -110,7 +111,7 @@ def test_dynamics_target_runs_only_localization_on_each_checkpoint(tmp_path):
         ({"sentences": {"mix": [{"source": "file", "path": "nowhere.txt"}]}},
          "sentences.mix[0].path: file 'nowhere.txt' does not exist"),
         ({"sentences": {"mix": [{"source": "wikitext"}]}}, "repeat a kind"),
-        ({"inference": {"device": "auto", "batch_size": "large"}}, "instance['inference']['batch_size']"),
+        ({"inference": {"device": "auto", "batch_size": "large"}}, "inference.batch_size: 'large' is not valid under any of the given schemas"),
         ({"models": {"tiny-llama": {"kind": "tiny", "family": "llama", "tokenizer_from": "smollm2-135m",
                                     "checkpoints": [{"step": 1}]}}}, "only hf and trained_tiny entries have checkpoints"),
         # a key of another kind, which that kind would ignore
@@ -119,16 +120,16 @@ def test_dynamics_target_runs_only_localization_on_each_checkpoint(tmp_path):
          "models.tiny-qwen3.settings.zero_shot.aliases: unknown alias 'papr'"),
         # a Hub model must say how many GPUs it needs (no silent CPU default)
         ({"models": {"mistral7b": {"kind": "hf", "repo_id": "mistralai/Mistral-7B-Instruct-v0.3", "revision": "0" * 40}}},
-         ["'gpus' is a required property", "On instance['models']['mistral7b']"]),
+         "models.mistral7b: 'gpus' is a required property"),
         # README's placeholder, pasted as is
         ({"models": {"llama8b": {"revision": "<40-hex commit>"}}},
-         ["'<40-hex commit>' does not match", "On instance['models']['llama8b']['revision']"]),
+         "models.llama8b.revision: '<40-hex commit>' does not match"),
         ({"models": {"smollm2-135m": {"revision": "main"}}},
          "models.smollm2-135m.revision: only hf entries read this key, and this entry is gguf_package"),
         # a misspelled key in a model entry (here: 0 GPUs on a cluster) or in its settings for an experiment
-        ({"models": {"llama8b": {"gpu": 2}}}, ["'gpu' was unexpected", "On instance['models']['llama8b']"]),
+        ({"models": {"llama8b": {"gpu": 2}}}, "models.llama8b: Additional properties are not allowed ('gpu' was unexpected)"),
         ({"models": {"qwen32b": {"settings": {"zero_shot": {"aliasses": ["paper"]}}}}},
-         ["'aliasses' was unexpected", "On instance['models']['qwen32b']['settings']['zero_shot']"]),
+         "models.qwen32b.settings.zero_shot: Additional properties are not allowed ('aliasses' was unexpected)"),
     ],
 )
 def test_bad_config_fails_before_any_job_with_a_readable_message(tmp_path, overlay, message):
@@ -147,6 +148,16 @@ def test_bad_config_fails_before_any_job_with_a_readable_message(tmp_path, overl
     assert out.returncode != 0
     for part in [message] if isinstance(message, str) else message:
         assert part in out.stdout + out.stderr
+
+
+def test_schema_problems_are_listed_together_by_key():
+    paper = yaml.safe_load((ROOT / "config.yaml").read_text())
+    paper["models"]["llama8b"]["runtme"] = 30
+    paper["sentences"]["mix"] = [{"source": "file"}]
+    problems = dnconfig.schema_problems(paper, ROOT / "workflow/schemas/config.schema.yaml")
+    assert "models.llama8b: Additional properties are not allowed ('runtme' was unexpected)" in problems
+    assert "sentences.mix[0]: 'path' is a required property" in problems
+    assert len(problems) == 2
 
 
 def test_tiny_preset_end_to_end(tmp_path):

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jsonschema
+import yaml
+
 from .labels import AliasError, load_aliases
 from .sentences import pool_sources
 from .vocabulary import PERTURBATIONS
@@ -32,6 +35,19 @@ KIND_KEYS = {
 
 class ConfigError(ValueError):
     """A configuration error; the message names the key and says what is wrong."""
+
+
+def schema_problems(config: dict, schema_file: str | Path) -> list[str]:
+    """Every violation of the JSON schema, one line each, as `key.path: what` (Snakemake's own validation stops at
+    the first and prints the whole schema before it says where)."""
+    schema = yaml.safe_load(Path(schema_file).read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+
+    def where(error) -> str:
+        path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path)
+        return path.lstrip(".") or "config"
+
+    return sorted(f"{where(error)}: {error.message}" for error in validator.iter_errors(config))
 
 
 def check(config: dict, root: str | Path = ".") -> None:

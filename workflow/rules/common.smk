@@ -17,7 +17,10 @@ except ImportError as err:
         "the dropnoise library is not installed in this Python; run `make install` (or `pip install -e .`)"
     ) from err
 
-validate(config, schema="../schemas/config.schema.yaml")
+SCHEMA = os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
+if problems := dnconfig.schema_problems(config, SCHEMA):
+    raise dnconfig.ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+validate(config, schema=SCHEMA)  # fills in the schema's defaults
 config["models"] = dncheckpoints.expand(config)  # every checkpoint of a series is a registry entry of its own
 dnconfig.check(config, root=workflow.basedir)
 
