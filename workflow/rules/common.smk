@@ -66,7 +66,8 @@ def not_a_model(wildcards):
     """The input of unknown_model (Snakefile): a target under a folder that is no model's names the models."""
     raise ValueError(
         f"{wildcards.top}/{wildcards.unknown}/{wildcards.path}: '{wildcards.unknown}' is not a model of this "
-        f"configuration; its models are {', '.join(MODELS)} (add one under `models:` in config.yaml)"
+        f"configuration; its models are {', '.join(MODELS)} (add one under `models:`, or pass the config file that "
+        "has it: --configfile my_models.yaml)"
     )
 
 
