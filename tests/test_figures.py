@@ -99,6 +99,9 @@ def test_few_shot_by_k_and_flipped_labels():
     fig = figures.flipped_labels(pairs, "m", ["none", "x_y"], {"none": "DROPOUT / NOISE"})
     assert len(fig.axes) == 2  # one panel (x_y did not run) and its colour bar
     assert "DROPOUT / NOISE" in fig.axes[0].get_title() and len(fig.axes[0].texts) >= 6
+    cells = pairs[(pairs.comparison == "correct - swapped") & (pairs.dropout_strength != "all") & (pairs.k == pairs.k.min())]
+    drawn = {t.get_text() for t in fig.axes[0].texts} - {"*"}
+    assert drawn == {f"{100 * v:+.0f}" for v in cells.flipped_difference}  # the paper's quantity, not `difference`
 
 
 def test_unknown_figure_is_a_clear_error(tmp_path):

@@ -173,12 +173,34 @@ def test_label_pair_cells_are_exact_mcnemar_and_count_a_repeated_sentence_once()
     assert four_cells.p_value.to_numpy() == pytest.approx(cells.p_value.to_numpy())
 
 
+def test_flipped_difference_is_zero_for_a_label_follower_and_positive_for_a_model_that_keeps_the_words():
+    """The paper's Fig. 6 quantity, acc(correct) - (1 - acc(swapped)): a model that answers whatever label it was
+    taught is right under correct labels exactly when it is wrong under swapped ones (0); a model that ignores the
+    teaching and reads the words is right or wrong alike under both (positive where it is mostly right)."""
+    rng = np.random.default_rng(8)
+    trials = few_shot_trials(rng, 0.8, 0.5)
+    follower, reader = trials.copy(), trials.copy()
+    correct = follower.label_condition == "correct"
+    by_base = follower[correct].set_index(["dropout_strength", "noise_strength", "base_id"]).correct_primary
+    key = pd.MultiIndex.from_frame(follower.loc[~correct, ["dropout_strength", "noise_strength", "base_id"]])
+    follower.loc[~correct, "correct_primary"] = ~by_base.reindex(key).to_numpy()
+    reader.loc[~correct, "correct_primary"] = by_base.reindex(key).to_numpy()
+    follows, reads = stats.label_pairs(follower), stats.label_pairs(reader)
+    assert (follows.flipped_difference == 0).all() and not follows.flipped_significant.any()
+    assert (follows.both_right == 0).all() and (follows.both_wrong == 0).all()
+    assert follows.flipped_p_value.eq(1).all()
+    assert reads.flipped_difference.to_numpy() == pytest.approx(2 * reads.accuracy_correct.to_numpy() - 1)
+    assert reads.flipped_significant.all()
+    assert (reads.difference == 0).all()  # the McNemar comparison sees no change, the flipped one a large effect
+
+
 def test_label_pairs_cover_every_other_label_condition():
     rng = np.random.default_rng(5)
     trials = pd.concat([few_shot_trials(rng, 0.8, 0.5), few_shot_trials(rng, 0.8, 0.5, other="random")])
     trials = trials.drop_duplicates(["label_condition", "dropout_strength", "noise_strength", "base_id"])
     table = stats.label_pairs(trials)
     assert set(table.comparison) == {"correct - random", "correct - swapped"}
+    assert table.flipped_difference.isna().eq(table.comparison == "correct - random").all()  # swapped labels only
 
 
 def test_alias_controls_find_a_canonical_advantage_one_sided():

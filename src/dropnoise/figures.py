@@ -173,10 +173,13 @@ def few_shot_by_k(summaries: dict[str, pd.DataFrame], canonical: str, rule: str 
 
 
 def flipped_labels(pairs: pd.DataFrame, model: str, aliases: list[str], names: dict[str, str]):
-    """Fig. 6: accuracy with correct minus swapped teaching labels per cell (k = smallest), one panel per alias.
+    """Fig. 6: the paper's "correct - flipped" per cell (k = smallest), one panel per alias: accuracy with correct
+    teaching labels minus the swapped run's accuracy under the labels it was taught (100 - its accuracy), so 0 for a
+    model that follows whatever labels it is taught and positive for one that keeps the words' meaning
+    (`stats._flipped`).
 
-    Cells whose exact McNemar test survives the within-panel correction carry a star. `names` maps an alias to
-    the label words the model saw (e.g. "MASKING / JITTER").
+    Cells whose exact test of 0 survives the within-panel correction carry a star. `names` maps an alias to the
+    label words the model saw (e.g. "MASKING / JITTER").
     """
     rows = pairs[(pairs["model"] == model) & (pairs["comparison"] == "correct - swapped")
                  & (pairs["dropout_strength"].astype(str) != "all")]
@@ -184,22 +187,22 @@ def flipped_labels(pairs: pd.DataFrame, model: str, aliases: list[str], names: d
     rows = rows[rows["k"] == k]
     present = [a for a in aliases if a in set(rows["alias"])] or list(dict.fromkeys(rows["alias"]))
     fig, axes = style.figure(ncols=len(present), width=min(style.FULL_WIDTH, 2.6 * len(present)), height=2.6)
-    limit = max(1.0, float(np.nanmax(np.abs(100 * rows["difference"])))) if len(rows) else 1.0
+    limit = max(1.0, float(np.nanmax(np.abs(100 * rows["flipped_difference"])))) if len(rows) else 1.0
     for ax, alias in zip(axes[0], present):
         part = rows[rows["alias"] == alias]
-        part = part.assign(value=100 * part["difference"])
+        part = part.assign(value=100 * part["flipped_difference"])
         _heatmap(ax, part, "value", "+.0f", cmap="RdBu", center=0, vmin=-limit, vmax=limit)
-        for (y, x), significant in _cell_flags(part).items():
+        for (y, x), significant in _cell_flags(part, "flipped_significant").items():
             if significant:
                 ax.text(x + 0.85, y + 0.3, "*", fontsize=8, ha="center", va="center")
-        ax.set_title(f"{names.get(alias, alias)}, k = {k}\ncorrect − swapped labels (pp)")
+        ax.set_title(f"{names.get(alias, alias)}, k = {k}\ncorrect − flipped (pp)")
     return fig
 
 
-def _cell_flags(part: pd.DataFrame) -> dict:
-    """(row, column) heatmap positions -> whether the cell's corrected test is significant."""
+def _cell_flags(part: pd.DataFrame, column: str) -> dict:
+    """(row, column) heatmap positions -> whether the cell's corrected test (`column`) is significant."""
     d = _percentile(part["dropout_strength"].astype(float)).round().astype(int)
     n = _percentile(part["noise_strength"].astype(float)).round().astype(int)
     columns, rows = sorted(d.unique()), sorted(n.unique(), reverse=True)
-    return {(rows.index(b), columns.index(a)): bool(s) for a, b, s in zip(d, n, part["significant"])}
+    return {(rows.index(b), columns.index(a)): bool(s) for a, b, s in zip(d, n, part[column])}
 

@@ -39,9 +39,14 @@ Tables (each a function below; columns in order):
     it infinite, see `separation`; or the outcome is constant within every sentence), the exact sign test of the
     sentences' mean paired differences instead (`test` says which, `note` why; with 5 or fewer sentences it cannot
     reach p < 0.05).
+    Swapped labels also get the paper's Fig. 6 quantity, flipped_difference = accuracy_correct - (1 -
+    accuracy_other): 0 for a model that follows whatever labels it is taught, above 0 for one that keeps the label
+    words' meaning; tested against 0 by the exact binomial test of both-right against both-wrong pairs (effective
+    counts as above; `_flipped`).
     Columns: model, experiment, family, k, alias, comparison, dropout_strength, noise_strength, n_pairs,
-    accuracy_correct, accuracy_other, difference, b, c, odds_ratio, or_low, or_high, p_value, p_adjusted
-    (across the cells of a panel), significant, test, note.
+    accuracy_correct, accuracy_other, difference, b, c, odds_ratio, or_low, or_high, p_value, test, note,
+    both_right, both_wrong, flipped_difference, flipped_p_value (swapped labels only), p_adjusted (across the cells
+    of a panel), significant, flipped_p_adjusted, flipped_significant.
 
 `discrimination`: zero-shot, does the model tell dropout from noise, or only favour one word?
     Per alias and matched grid rank (the rank-th dropout strength against the rank-th noise strength; the probes'
@@ -139,15 +144,17 @@ def design_effect(correct: np.ndarray, groups: np.ndarray) -> float:
     return max(1.0, robust / binomial)
 
 
-def adjust(frame: pd.DataFrame, family: list[str], alpha: float, method: str) -> pd.DataFrame:
-    """Add p_adjusted and significant, correcting p_value within each family (missing p-values stay missing)."""
+def adjust(frame: pd.DataFrame, family: list[str], alpha: float, method: str, test: str = "") -> pd.DataFrame:
+    """Add {test}p_adjusted and {test}significant, correcting {test}p_value within each family (missing p-values
+    stay missing)."""
     frame = frame.copy()
-    frame["p_adjusted"] = np.nan
+    adjusted = f"{test}p_adjusted"
+    frame[adjusted] = np.nan
     for _, index in frame.groupby(family, dropna=False).groups.items():
-        p = frame.loc[index, "p_value"].dropna()
+        p = frame.loc[index, f"{test}p_value"].dropna()
         if len(p):
-            frame.loc[p.index, "p_adjusted"] = multipletests(p.to_numpy(), alpha=alpha, method=method)[1]
-    frame["significant"] = frame["p_adjusted"] < alpha
+            frame.loc[p.index, adjusted] = multipletests(p.to_numpy(), alpha=alpha, method=method)[1]
+    frame[f"{test}significant"] = frame[adjusted] < alpha
     frame["family"] = frame[family].astype(str).agg(" | ".join, axis=1)
     return frame
 
@@ -256,17 +263,45 @@ def label_pairs(trials: pd.DataFrame, rule: str = "primary", alpha: float = 0.05
         pairs = _pairs(trials, "label_condition", "correct", other, panel + cell, rule)
         for key, group in pairs.groupby(panel, sort=True):
             common = {**dict(zip(panel, key)), "comparison": f"correct - {other}"}
+            flipped = _flipped if other == "swapped" else lambda _: {}
             for cell_key, cell_pairs in group.groupby(cell, sort=True):
-                rows.append({**common, **dict(zip(cell, cell_key)), **_mcnemar(cell_pairs)})
-            rows.append({**common, "dropout_strength": "all", "noise_strength": "all", **_paired_logit(group)})
+                rows.append({**common, **dict(zip(cell, cell_key)), **_mcnemar(cell_pairs), **flipped(cell_pairs)})
+            rows.append({**common, "dropout_strength": "all", "noise_strength": "all", **_paired_logit(group),
+                         **flipped(group)})
     if not rows:
         return pd.DataFrame()
-    table = pd.DataFrame(rows)
-    cells = table[table["dropout_strength"] != "all"]
-    pooled = table[table["dropout_strength"] == "all"]
+    table = pd.DataFrame(rows).reindex(columns=LABEL_PAIR_COLUMNS[:-4])  # the flipped columns even without swapped
     family = panel + ["comparison"]
-    table = pd.concat([adjust(cells, family, alpha, method), adjust(pooled, ["model", "experiment", "comparison"], alpha, method)])
-    return _order(table.reset_index(drop=True), family + cell)
+    parts = []
+    for part, by in ((table[table["dropout_strength"] != "all"], family),
+                     (table[table["dropout_strength"] == "all"], ["model", "experiment", "comparison"])):
+        parts.append(adjust(adjust(part, by, alpha, method), by, alpha, method, test="flipped_"))
+    table = pd.concat(parts).reset_index(drop=True)
+    return _order(table[["family", *LABEL_PAIR_COLUMNS]], family + cell)
+
+
+LABEL_PAIR_COLUMNS = [
+    "model", "experiment", "k", "alias", "comparison", "dropout_strength", "noise_strength", "n_pairs",
+    "accuracy_correct", "accuracy_other", "difference", "b", "c", "odds_ratio", "or_low", "or_high", "p_value", "test",
+    "note", "both_right", "both_wrong", "flipped_difference", "flipped_p_value",
+    "p_adjusted", "significant", "flipped_p_adjusted", "flipped_significant",  # added by `adjust`
+]
+
+
+def _flipped(pairs: pd.DataFrame) -> dict:
+    """The paper's flipped-label difference, acc(correct labels) - (1 - acc(swapped labels)): the swapped run's
+    accuracy under the labels it was taught is 1 - its accuracy, so a model that follows whatever labels it is
+    taught scores 0, and one that keeps the words' own meaning scores above 0. Per pair it is (both right - both
+    wrong) / n, so the exact test of 0 is the binomial test of both-right among the pairs that are both right or
+    both wrong, on their effective number (design effect by sentence, as `_mcnemar`)."""
+    first, second = pairs["correct_first"], pairs["correct_second"]
+    concordant = pairs[first == second]
+    right = int(concordant["correct_first"].sum())
+    wrong = len(concordant) - right
+    deff = design_effect(concordant["correct_first"].to_numpy() == 1, concordant["sentence_id"].to_numpy()) \
+        if right + wrong else 1.0
+    return {"both_right": right, "both_wrong": wrong, "flipped_difference": (right - wrong) / len(pairs),
+            "flipped_p_value": binomial_p(right / deff, (right + wrong) / deff) if right + wrong else 1.0}
 
 
 def alias_controls(trials: pd.DataFrame, experiment: str, groups: dict[str, str], rule: str = "primary",
