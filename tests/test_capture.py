@@ -146,6 +146,21 @@ def test_selection_keeps_sampled_trials_spread_strengths_and_layer_zero():
     assert not chosen.wants(1, "dropout", 0.2) and not chosen.wants(2, "dropout", 0.3)
 
 
+def test_zero_shot_selection_samples_the_captured_aliases_only():
+    """53 aliases x 20 base trials: a sample of 40 over every rendering holds about one of the canonical labels'
+    renderings; restricted to them, all 40 are."""
+    names = ["dropout_noise", *(f"control_{i}" for i in range(52))]
+    renderings = [{"trial_id": base * 53 + i, "alias": name} for base in range(20) for i, name in enumerate(names)]
+    settings = {"trials": 40, "strengths": None, "layer_stride": 1}
+    grid = {"dropout": [0.0, 0.5], "noise": [0.0, 2.0]}
+    canonical = {t["trial_id"] for t in renderings if t["alias"] == "dropout_noise"}
+    every = capture.select({**settings, "aliases": None}, 1, "zero_shot", renderings, grid, 2).trial_ids
+    assert len(every) == 40 and len(every & canonical) < 5
+    kept = capture.select({**settings, "aliases": ["dropout_noise"]}, 1, "zero_shot", renderings, grid, 2).trial_ids
+    assert kept <= canonical and len(kept) == 20  # fewer renderings than the sample size: all of them
+    assert capture.select(settings, 1, "zero_shot", renderings, grid, 2).trial_ids == every  # the key is optional
+
+
 def test_shard_files_round_trip_and_keep_a_clean_row_once(trials, smol_tokenizer, tmp_path):
     model = build_tiny("gemma3", vocab_size=len(smol_tokenizer), n_layers=4)
     subset = capture.Selection(frozenset([trials[0]["trial_id"], trials[2]["trial_id"]]),

@@ -93,15 +93,35 @@ def test_few_shot_heatmap_has_one_annotated_cell_per_grid_point():
 def test_few_shot_by_k_and_flipped_labels():
     rng = np.random.default_rng(3)
     table = few_shot_summary(rng)
-    fig = figures.few_shot_by_k({"m": summary.summarize(table, "few_shot")}, "none")
+    summarized = summary.summarize(table, "few_shot")
+    fig = figures.few_shot_by_k({"m": summarized}, "none")
     assert list(fig.axes[0].get_xticks()) == [1, 3]
+    curves = {c.get_label(): c.lines[0] for c in fig.axes[0].containers}  # errorbar containers: line, caps, bars
+    assert list(curves) == ["m", "m, swapped labels"] and curves["m, swapped labels"].get_linestyle() == "--"
+    cells = summarized[(summarized.label_condition == "swapped") & (summarized.subset == "all")]
+    pooled = cells.assign(hits=(cells.accuracy_primary * cells.n).round()).groupby("k")[["hits", "n"]].sum()
+    assert np.allclose(curves["m, swapped labels"].get_ydata(), 100 * (1 - pooled.hits / pooled.n))  # by taught labels
     pairs = stats.label_pairs(table)
     fig = figures.flipped_labels(pairs, "m", ["none", "x_y"], {"none": "DROPOUT / NOISE"})
     assert len(fig.axes) == 2  # one panel (x_y did not run) and its colour bar
     assert "DROPOUT / NOISE" in fig.axes[0].get_title() and len(fig.axes[0].texts) >= 6
-    cells = pairs[(pairs.comparison == "correct - swapped") & (pairs.dropout_strength != "all") & (pairs.k == pairs.k.min())]
+    cells = pairs[(pairs.comparison == "correct - swapped") & (pairs.dropout_strength != "all")
+                  & (pairs.k == pairs.k.min())]
     drawn = {t.get_text() for t in fig.axes[0].texts} - {"*"}
     assert drawn == {f"{100 * v:+.0f}" for v in cells.flipped_difference}  # the paper's quantity, not `difference`
+
+
+def test_fig2_leaves_out_a_models_extension_of_the_shared_grid():
+    """As the paper's Fig. 2: a model that ran the shared noise grid plus a finer extension is drawn on the shared
+    grid; a perturbation run on a grid of its own keeps its points."""
+    from dropnoise import pipeline
+
+    grid = {"dropout": [{"start": 0.0, "stop": 0.5, "step": 0.25}], "noise": [{"start": 0.0, "stop": 0.2, "step": 0.1}]}
+    summary = pd.DataFrame({"perturbation": ["noise"] * 5 + ["dropout"] * 2,
+                            "strength": [0.0, 0.1, 0.2, 0.15, 0.12, 0.0, 0.3], "subset": "all"})
+    drawn = pipeline._on_grid(summary, grid)
+    assert sorted(drawn[drawn.perturbation == "noise"].strength) == [0.0, 0.1, 0.2]
+    assert sorted(drawn[drawn.perturbation == "dropout"].strength) == [0.0, 0.3]
 
 
 def test_unknown_figure_is_a_clear_error(tmp_path):

@@ -33,6 +33,13 @@ def test_probe_recovers_a_planted_linear_signal():
     assert 0 < result["mi_lower_bound_bits"] <= result["label_entropy_bits"] == pytest.approx(1.0)
 
 
+def test_a_tiny_set_gets_fewer_folds_instead_of_an_error():
+    """Two rows per class (a small preset's zero-shot level): three folds cannot be stratified, two can."""
+    X, y = np.random.default_rng(0).normal(size=(4, 3)), np.array([0, 1, 0, 1])
+    proba = probes.out_of_fold(probes.probe(1.0), X, y, np.array(["a", "b", "c", "d"]), folds=3, seed=1)
+    assert proba.shape == (4,) and ((0 <= proba) & (proba <= 1)).all()
+
+
 def test_probe_stays_at_chance_on_shuffled_labels():
     X, y, groups = planted()
     shuffled = np.random.default_rng(5).permutation(y)

@@ -89,6 +89,24 @@ def test_option_letters_must_be_single_tokens(smol_tokenizer):
         prompts.option_tokens(Splitting(), ("A",))
 
 
+def test_prompt_set_rejects_letters_that_are_not_single_tokens(smol_tokenizer, paper_config, tmp_path):
+    """Before any GPU job: the prompt set is built on the submit host, the scoring on the GPU."""
+    from dropnoise import pipeline
+
+    assert len(smol_tokenizer.encode(" Zqxv", add_special_tokens=False)) > 1
+    template = tmp_path / "control.yaml"
+    source = (ROOT / "data/prompts/localization_control.yaml").read_text()
+    template.write_text(source.replace("letters: [A, B]", "letters: [A, Zqxv]", 1))
+    assert "Zqxv" in template.read_text()
+    smol_tokenizer.save_pretrained(tmp_path / "tokenizer")
+    config = {**paper_config, "experiments": {"localization_control": {
+        **paper_config["experiments"]["localization_control"], "template": str(template)}}}
+    out = tmp_path / "localization_control.jsonl"
+    with pytest.raises(prompts.PromptError, match="single-token"):
+        pipeline.build_prompt_set("smollm2-135m", str(tmp_path / "tokenizer"), "localization_control", config, None, out)
+    assert not out.exists()
+
+
 def test_template_with_wrong_placeholders_is_rejected(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(

@@ -121,6 +121,11 @@ def test_dynamics_target_runs_only_localization_on_each_checkpoint(tmp_path):
         # a Hub model must say how many GPUs it needs (no silent CPU default)
         ({"models": {"mistral7b": {"kind": "hf", "repo_id": "mistralai/Mistral-7B-Instruct-v0.3", "revision": "0" * 40}}},
          "models.mistral7b: 'gpus' is a required property"),
+        # captured aliases: each must run, and steering must read captured ones
+        ({"probes": {"enabled": True, "aliases": ["dropout_noize"]}},
+         "probes.aliases: 'dropout_noize' is not among the zero_shot aliases of llama8b"),
+        ({"probes": {"enabled": True, "aliases": ["x_y"]}},
+         "probes.steering.alias: 'dropout_noise' is not captured (probes.aliases: ['x_y'])"),
         # README's placeholder, pasted as is
         ({"models": {"llama8b": {"revision": "<40-hex commit>"}}},
          "models.llama8b.revision: '<40-hex commit>' does not match"),
@@ -137,6 +142,8 @@ def test_bad_config_fails_before_any_job_with_a_readable_message(tmp_path, overl
     for key, value in overlay.items():  # deep-merge like Snakemake does with --configfile
         if isinstance(value, dict) and key == "experiments":
             paper[key]["localization"]["grid"] = value["localization"]["grid"]
+        elif isinstance(value, dict) and key == "probes":
+            paper[key].update(value)
         elif isinstance(value, dict) and key in ("models", "sentences"):
             for sub, entry in value.items():
                 paper[key][sub] = {**paper[key][sub], **entry} if key == "models" and sub in paper[key] else entry

@@ -119,6 +119,13 @@ def check(config: dict, root: str | Path = ".") -> None:
                 if unknown:
                     problems.append(f"figures.{field}: unknown alias(es) {unknown}; see {config['aliases']}")
     if config["probes"]["enabled"]:
+        captured = config["probes"].get("aliases") or []
+        for key in config["run"]["models"]:
+            if aliases is None or key not in models or "zero_shot" not in config["experiments"]:
+                continue
+            ran = _alias_names(aliases, settings(config, key, "zero_shot")) or captured
+            for alias in (a for a in captured if a not in ran):
+                problems.append(f"probes.aliases: '{alias}' is not among the zero_shot aliases of {key}")
         for name in config["probes"]["experiments"]:
             if name not in config["run"]["experiments"]:
                 problems.append(f"probes.experiments: '{name}' is not in run.experiments (its runs are what is captured)")
@@ -171,15 +178,28 @@ def _steering_problems(config: dict, aliases) -> list[str]:
         return problems  # reported as a probes.experiments / run.experiments problem
     if 0 not in steering["scales"]:
         problems.append("probes.steering.scales: must include 0 (the unsteered reference of every curve and of the guard)")
+    captured = config["probes"].get("aliases")
+    if captured is not None and steering["alias"] not in captured:
+        problems.append(f"probes.steering.alias: '{steering['alias']}' is not captured (probes.aliases: {captured})")
     for key in config["run"]["models"]:
         if key not in config["models"]:
             continue
-        if aliases is not None and steering["alias"] not in aliases.names(settings(config, key, "zero_shot")["aliases"]):
+        ran = None if aliases is None else _alias_names(aliases, settings(config, key, "zero_shot"))
+        if ran is not None and steering["alias"] not in ran:
             problems.append(f"probes.steering.alias: '{steering['alias']}' is not among the zero_shot aliases of {key}")
         points = min(grid_points(config, key).values())
         if steering["level"] is not None and steering["level"] >= points:
             problems.append(f"probes.steering.level: {steering['level']} is beyond {key}'s {points}-point strength grid")
     return problems
+
+
+def _alias_names(aliases, experiment_settings: dict) -> list[str] | None:
+    """The alias names an experiment's settings expand to; None where they name an unknown alias (which the alias
+    check reports), so that nothing is compared with them."""
+    try:
+        return aliases.names(experiment_settings["aliases"])
+    except AliasError:
+        return None
 
 
 def _dynamics_problems(config: dict) -> list[str]:

@@ -152,22 +152,30 @@ def few_shot_heatmap(summary: pd.DataFrame, canonical: str, rule: str = "primary
 
 
 def few_shot_by_k(summaries: dict[str, pd.DataFrame], canonical: str, rule: str = "primary"):
-    """Fig. 5 (right): accuracy pooled over the dropout x noise grid vs k, correct labels, one curve per model."""
+    """Fig. 5 (right): accuracy pooled over the dropout x noise grid vs k, canonical alias, one colour per model:
+    correct teaching labels (solid) and, as the paper, swapped ones as accuracy under the labels taught, 100 - the
+    accuracy against the true perturbation (dashed)."""
     fig, axes = style.figure(width=style.COLUMN_WIDTH, height=2.4)
     ax = axes[0][0]
     colors = sns.color_palette("colorblind", len(summaries))
     for color, (model, summary) in zip(colors, summaries.items()):
         rows = _pooled(summary)
-        rows = rows[(rows["label_condition"] == "correct") & (rows["alias"] == canonical)]
-        pooled = rows.assign(hits=rows[f"accuracy_{rule}"] * rows["n"]).groupby("k")[["hits", "n"]].sum()
-        pooled["hits"] = pooled["hits"].round()
-        low, high = proportion_confint(pooled["hits"], pooled["n"], method="wilson")
-        ax.errorbar(pooled.index, 100 * pooled["hits"] / pooled["n"],
-                    yerr=[100 * (pooled["hits"] / pooled["n"] - low), 100 * (high - pooled["hits"] / pooled["n"])],
-                    color=color, marker="o", markersize=3, capsize=2, linewidth=1.2, label=model)
+        for condition, linestyle, label in (("correct", "-", model), ("swapped", "--", f"{model}, swapped labels")):
+            part = rows[(rows["label_condition"] == condition) & (rows["alias"] == canonical)]
+            if part.empty:
+                continue
+            pooled = part.assign(hits=part[f"accuracy_{rule}"] * part["n"]).groupby("k")[["hits", "n"]].sum()
+            pooled["hits"] = pooled["hits"].round()
+            if condition == "swapped":  # right by the taught labels = wrong against the truth
+                pooled["hits"] = pooled["n"] - pooled["hits"]
+            low, high = proportion_confint(pooled["hits"], pooled["n"], method="wilson")
+            share = pooled["hits"] / pooled["n"]
+            ax.errorbar(pooled.index, 100 * share, yerr=[100 * (share - low), 100 * (high - share)], color=color,
+                        linestyle=linestyle, marker="o", markersize=3, capsize=2, linewidth=1.2, label=label)
     ax.axhline(50, label="chance (50%)", **style.CHANCE_STYLE)
     ks = sorted({int(k) for s in summaries.values() for k in s["k"].unique()})
-    ax.set(xlabel="teaching pairs k", ylabel="mean accuracy over grid (%)", ylim=(-2, 102), xticks=ks)
+    ax.set(xlabel="teaching pairs k", ylabel="mean accuracy over grid (%)\n(swapped: by the taught labels)",
+           ylim=(-2, 102), xticks=ks)
     ax.legend(loc="best")
     return fig
 

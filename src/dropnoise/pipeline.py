@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import config as dnconfig
-from . import operating_range, outputs, sentences, summary, tasks
+from . import operating_range, outputs, prompts, sentences, summary, tasks
 from .labels import load_aliases
 from .prompts import load_template
 from .vocabulary import PERTURBATIONS
@@ -123,6 +123,7 @@ def build_prompt_set(model_key: str, model_dir: str, experiment: str, config: di
     settings = dnconfig.settings(config, model_key, experiment)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     template = load_template(settings["template"], tasks.PLACEHOLDERS[experiment])
+    prompts.option_tokens(tokenizer, template.letters)  # letters that are not single tokens fail here, not on a GPU
     pool = pd.read_csv(sentence_file, keep_default_na=False) if sentence_file else None
     aliases = load_aliases(config["aliases"]) if experiment in dnconfig.GRID_EXPERIMENTS else None
     trials = tasks.build_trials(experiment, tokenizer, template, settings, pool, config["seed"], aliases)
@@ -291,6 +292,9 @@ def paper_figure(name: str, inputs: dict[str, str], config: dict, aliases_file: 
     rule = config["stats"]["rule"]
     if name in ("fig2_localization", "fig2_localization_by_length", "fig3_control", "fig5_few_shot_by_k"):
         summaries = {model: read_trials(path) for model, path in inputs.items()}
+        if name.startswith("fig2"):  # as the paper: a model's finer noise extension is in its tables, not Fig. 2
+            summaries = {model: _on_grid(table, config["experiments"]["localization"]["grid"])
+                         for model, table in summaries.items()}
         if name == "fig5_few_shot_by_k":
             canonical = _canonical(pd.concat(summaries.values()), groups)
             fig = figures.few_shot_by_k(summaries, canonical, rule)
@@ -310,6 +314,20 @@ def paper_figure(name: str, inputs: dict[str, str], config: dict, aliases_file: 
         raise ValueError(f"unknown figure '{name}'")
     for path in style.save(fig, stem):
         log.info("wrote %s", path)
+
+
+def _on_grid(summary: pd.DataFrame, grid: dict) -> pd.DataFrame:
+    """Per perturbation, only the summary rows on the experiment's shared grid where the model ran all of it (a model
+    entry's `grids` that extends it, as the paper's noise extensions do); a model on a grid of its own keeps its
+    points."""
+    strengths = summary["strength"].astype(float).round(6)
+    keep = pd.Series(True, index=summary.index)
+    for kind, values in grid.items():
+        points = {round(v, 6) for v in tasks.expand_grid(values)}
+        rows = summary["perturbation"] == kind
+        if points <= set(strengths[rows]):
+            keep &= ~rows | strengths.isin(points)
+    return summary[keep]
 
 
 def _canonical(table: pd.DataFrame, groups: dict[str, str]) -> str:
@@ -351,12 +369,17 @@ def probe_tables(settings: dict, seed: int, templates: dict[str, str], activatio
     outputs.write_csv(table, out)
 
 
-def represented_vs_reported(probe_file: str, trial_files: dict[str, str], rule: str, out: str) -> None:
-    """The probes' accuracy next to the verbal accuracy by the scoring rule of the statistics (`stats.rule`)."""
+def represented_vs_reported(probe_file: str, trial_files: dict[str, str], rule: str, aliases: list[str] | None,
+                            out: str) -> None:
+    """The probes' accuracy next to the verbal accuracy by the scoring rule of the statistics (`stats.rule`), on the
+    renderings the probes saw (zero-shot: `probes.aliases`, every alias where it is null)."""
     from . import probes
 
-    columns = ["perturbation", "strength", f"correct_{rule}"]  # a localrule: only what it compares
-    trials = {experiment: read_trials(path, columns) for experiment, path in trial_files.items()}
+    columns = {"perturbation", "strength", f"correct_{rule}", "alias"}  # a localrule: only what it compares
+    trials = {}
+    for experiment, path in trial_files.items():
+        frame = read_trials(path, lambda column: column in columns)
+        trials[experiment] = frame[frame.alias.isin(aliases)] if aliases and experiment == "zero_shot" else frame
     table = probes.represented_vs_reported(pd.read_csv(probe_file), trials, rule)
     log.info("represented vs reported:\n%s", table.to_string(index=False))
     outputs.write_csv(table, out)

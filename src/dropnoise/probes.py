@@ -120,9 +120,11 @@ def probe(C: float) -> object:
 
 
 def out_of_fold(estimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """P(y = 1) for every row from a model fitted on the other folds (folds grouped by sentence). A training fold
-    with one class only (tiny sets) predicts its class prior."""
-    cv = StratifiedGroupKFold(n_splits=min(folds, len(np.unique(groups))), shuffle=True, random_state=seed % 2**32)
+    """P(y = 1) for every row from a model fitted on the other folds (folds grouped by sentence). Tiny sets get fewer
+    folds (no more than sentences, nor than the larger class has rows), and a training fold with one class only
+    predicts its class prior."""
+    splits = max(2, min(folds, len(np.unique(groups)), np.bincount(y).max()))
+    cv = StratifiedGroupKFold(n_splits=splits, shuffle=True, random_state=seed % 2**32)
     proba = np.empty(len(y))
     for train, test in cv.split(X, y, groups):
         model = estimator if len(np.unique(y[train])) == 2 else DummyClassifier(strategy="prior")

@@ -47,6 +47,7 @@ if config["probes"]["enabled"]:
         params:
             experiments=captured,
             rule=config["stats"]["rule"],
+            aliases=config["probes"].get("aliases"),
         localrule: True
         script:
             "../scripts/represented_vs_reported.py"
