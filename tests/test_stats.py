@@ -83,7 +83,7 @@ def test_condition_tests_hold_their_size_when_sentences_repeat():
     rejected = {"effective": 0, "independent": 0}
     for _ in range(400):
         correct = rng.random(300) < rng.beta(0.5, 0.5, 60)[sentences]
-        k, deff = int(correct.sum()), stats.design_effect(correct, sentences)
+        k, deff = int(correct.sum()), stats.null_design_effect(correct, sentences)  # as condition_tests tests
         rejected["effective"] += stats.binomial_p(k / deff, 300 / deff) < 0.05
         rejected["independent"] += binomtest(k, 300, 0.5).pvalue < 0.05
     assert rejected["effective"] / 400 < 0.08 and rejected["independent"] / 400 > 0.2
@@ -192,6 +192,25 @@ def test_flipped_difference_is_zero_for_a_label_follower_and_positive_for_a_mode
     assert reads.flipped_difference.to_numpy() == pytest.approx(2 * reads.accuracy_correct.to_numpy() - 1)
     assert reads.flipped_significant.all()
     assert (reads.difference == 0).all()  # the McNemar comparison sees no change, the flipped one a large effect
+    # no sentence recurs within a cell here: the exact binomial test of both-right among the concordant pairs
+    cells = reads[reads.dropout_strength != "all"]
+    assert cells.flipped_p_value.to_numpy() == pytest.approx(
+        [binomtest(r, r + w, 0.5).pvalue for r, w in zip(cells.both_right, cells.both_wrong)])
+    # under argmax a wrong answer need not be the taught label: no flipped difference
+    argmax = stats.label_pairs(reader.assign(correct_argmax=reader.correct_primary), rule="argmax")
+    assert argmax.flipped_difference.isna().all() and argmax.flipped_significant.isna().all()
+
+
+def test_a_pair_against_the_rest_never_makes_a_cell_more_significant():
+    """Eight pairs one way over four sentences (two each), then one and two pairs the other way: the p-value rises
+    (Kish's design effect at the observed share is undefined when every pair agrees; the one at the null is not)."""
+    p = []
+    for c in range(3):
+        pairs = pd.DataFrame({"correct_first": [1] * 8 + [0] * c, "correct_second": [0] * 8 + [1] * c,
+                              "sentence_id": [f"s{i // 2}" for i in range(8)] + [f"t{i}" for i in range(c)]})
+        p.append(stats._mcnemar(pairs)["p_value"])
+    assert p[0] == pytest.approx(binomtest(4, 4, 0.5).pvalue)  # four sentences' worth of agreeing pairs
+    assert p[0] < p[1] < p[2]
 
 
 def test_label_pairs_cover_every_other_label_condition():

@@ -47,7 +47,7 @@ def schema_problems(config: dict, schema_file: str | Path) -> list[str]:
         path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path)
         return path.lstrip(".") or "config"
 
-    return sorted(f"{where(error)}: {error.message}" for error in validator.iter_errors(config))
+    return sorted({f"{where(error)}: {error.message}" for error in validator.iter_errors(config)})
 
 
 def check(config: dict, root: str | Path = ".") -> None:
@@ -120,8 +120,8 @@ def check(config: dict, root: str | Path = ".") -> None:
                     problems.append(f"figures.{field}: unknown alias(es) {unknown}; see {config['aliases']}")
     if config["probes"]["enabled"]:
         captured = config["probes"].get("aliases") or []
-        for key in config["run"]["models"]:
-            if aliases is None or key not in models or "zero_shot" not in config["experiments"]:
+        for key in models:  # every entry: a target can name a model that run.models does not
+            if aliases is None or "zero_shot" not in config["experiments"]:
                 continue
             ran = _alias_names(aliases, settings(config, key, "zero_shot")) or captured
             for alias in (a for a in captured if a not in ran):

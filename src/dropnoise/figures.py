@@ -162,7 +162,7 @@ def few_shot_by_k(summaries: dict[str, pd.DataFrame], canonical: str, rule: str 
         rows = _pooled(summary)
         for condition, linestyle, label in (("correct", "-", model), ("swapped", "--", f"{model}, swapped labels")):
             part = rows[(rows["label_condition"] == condition) & (rows["alias"] == canonical)]
-            if part.empty:
+            if part.empty or (condition == "swapped" and rule == "argmax"):  # argmax may answer neither option
                 continue
             pooled = part.assign(hits=part[f"accuracy_{rule}"] * part["n"]).groupby("k")[["hits", "n"]].sum()
             pooled["hits"] = pooled["hits"].round()

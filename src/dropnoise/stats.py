@@ -12,9 +12,11 @@ Tables (each a function below; columns in order):
     effective sample size (Korn & Graubard 1998): a condition's trials draw their sentences with replacement, so a
     sentence can appear in several (about 1.3 trials per sentence at the paper's 1000 trials from 2000 sentences per
     length; 12 in the control, 1000 trials per topic pair over its 80 sentences), and its trials' answers are not
-    independent. The counts are divided by the design effect of the trials' correctness by sentence (Kish's, from
-    the cluster-robust variance; 1 when no sentence repeats, where this is scipy's binomtest and the intervals are
-    the usual ones), and the test and both intervals use them.
+    independent. The intervals use the counts divided by the design effect of the trials' correctness by sentence
+    (Kish's, from the cluster-robust variance at the observed accuracy: an effective sample size as Korn & Graubard,
+    without their degrees-of-freedom factor), the test the counts divided by the design effect at the null
+    (`null_design_effect`, defined when every trial agrees). Both are 1 when no sentence recurs, where this is
+    scipy's binomtest and the usual intervals.
     Columns: model, experiment, family, <condition columns>, rule, n, correct, accuracy, n_sentences, design_effect,
     wilson_low/high (95%), cp_low/high (Clopper-Pearson 95%), p_value, p_adjusted, significant. p_adjusted is Holm
     (or BH, `correction`) within the family `condition_family`: `curve` = model x experiment x rule x every condition
@@ -32,8 +34,8 @@ Tables (each a function below; columns in order):
 
 `label_pairs`: few-shot, the same base trials under correct and another teaching-label condition.
     Per dropout x noise cell: exact McNemar test on the discordant pairs (b: correct label right, other wrong;
-    c: the reverse), on their effective number as in `condition_tests` (b and c divided by the design effect, by
-    sentence, of which way a discordant pair went). Per panel (cell = "all"): a paired logistic model,
+    c: the reverse), on their effective number (b and c divided by the null design effect, by sentence, of which
+    way a discordant pair went, as the test of `condition_tests`). Per panel (cell = "all"): a paired logistic model,
     logit P(correct) = b0 + b1 * [correct labels], standard errors clustered by sentence (pairs and their repeats
     across cells are clusters); where it has no estimable odds ratio (e.g. every pair right under one condition makes
     it infinite, see `separation`; or the outcome is constant within every sentence), the exact sign test of the
@@ -42,7 +44,7 @@ Tables (each a function below; columns in order):
     Swapped labels also get the paper's Fig. 6 quantity, flipped_difference = accuracy_correct - (1 -
     accuracy_other): 0 for a model that follows whatever labels it is taught, above 0 for one that keeps the label
     words' meaning; tested against 0 by the exact binomial test of both-right against both-wrong pairs (effective
-    counts as above; `_flipped`).
+    counts as above; `_flipped`; not under the argmax rule, whose answers may be neither option).
     Columns: model, experiment, family, k, alias, comparison, dropout_strength, noise_strength, n_pairs,
     accuracy_correct, accuracy_other, difference, b, c, odds_ratio, or_low, or_high, p_value, test, note,
     both_right, both_wrong, flipped_difference, flipped_p_value (swapped labels only), p_adjusted (across the cells
@@ -200,6 +202,17 @@ def clustered_logit(data: pd.DataFrame, formula: str, term: str, groups: str) ->
             "note": separated.describe() + ": those trials inform no estimate" if separated else ""}
 
 
+def null_design_effect(outcome: np.ndarray, groups: np.ndarray) -> float:
+    """The design effect of a test of P = 1/2: the cluster-robust variance of the count at the null, sum over
+    sentences of (s_i - m_i / 2)^2, over the binomial one, n / 4; at least 1. Unlike Kish's at the observed
+    proportion it is defined when every row agrees, and one more row against the rest never makes a test more
+    significant. 1 with one row per sentence."""
+    totals = pd.DataFrame({"outcome": outcome, "group": groups}).groupby("group").outcome.agg(["sum", "count"])
+    if len(totals) == len(outcome):
+        return 1.0
+    return max(1.0, float(4 * ((totals["sum"] - totals["count"] / 2) ** 2).sum() / len(outcome)))
+
+
 def binomial_p(correct: float, n: float) -> float:
     """Two-sided exact binomial p-value of accuracy = 1/2, for counts that may be effective (count / deff, not whole
     numbers): twice the upper tail of the larger count, P(X >= m) = I_1/2(m, n - m + 1) (the regularized incomplete
@@ -217,14 +230,16 @@ def condition_tests(trials: pd.DataFrame, experiment: str, alpha: float = 0.05, 
         for rule in RULES:
             correct = group[f"correct_{rule}"].to_numpy(dtype=bool)
             n, k = len(correct), int(correct.sum())
-            deff = design_effect(correct, group["sentence_id"].to_numpy())
+            sentences = group["sentence_id"].to_numpy()
+            deff = design_effect(correct, sentences)
             wilson = proportion_confint(k / deff, n / deff, alpha=0.05, method="wilson")
             exact = proportion_confint(k / deff, n / deff, alpha=0.05, method="beta")
+            null = null_design_effect(correct, sentences)
             rows.append({
                 **dict(zip(conditions, key)), "rule": rule, "n": n, "correct": k, "accuracy": k / n,
                 "n_sentences": group["sentence_id"].nunique(), "design_effect": deff,
                 "wilson_low": wilson[0], "wilson_high": wilson[1], "cp_low": exact[0], "cp_high": exact[1],
-                "p_value": binomial_p(k / deff, n / deff),
+                "p_value": binomial_p(k / null, n / null),
             })
     if family == "curve":
         columns = [c for c in conditions if c not in STRENGTH_COLUMNS] + ["rule"]
@@ -263,7 +278,8 @@ def label_pairs(trials: pd.DataFrame, rule: str = "primary", alpha: float = 0.05
         pairs = _pairs(trials, "label_condition", "correct", other, panel + cell, rule)
         for key, group in pairs.groupby(panel, sort=True):
             common = {**dict(zip(panel, key)), "comparison": f"correct - {other}"}
-            flipped = _flipped if other == "swapped" else lambda _: {}
+            # a wrong answer is the taught label only where every answer is one of the two options (not argmax's)
+            flipped = _flipped if other == "swapped" and rule != "argmax" else lambda _: {}
             for cell_key, cell_pairs in group.groupby(cell, sort=True):
                 rows.append({**common, **dict(zip(cell, cell_key)), **_mcnemar(cell_pairs), **flipped(cell_pairs)})
             rows.append({**common, "dropout_strength": "all", "noise_strength": "all", **_paired_logit(group),
@@ -277,6 +293,7 @@ def label_pairs(trials: pd.DataFrame, rule: str = "primary", alpha: float = 0.05
                      (table[table["dropout_strength"] == "all"], ["model", "experiment", "comparison"])):
         parts.append(adjust(adjust(part, by, alpha, method), by, alpha, method, test="flipped_"))
     table = pd.concat(parts).reset_index(drop=True)
+    table["flipped_significant"] = table["flipped_significant"].where(table["flipped_p_value"].notna())  # swapped only
     return _order(table[["family", *LABEL_PAIR_COLUMNS]], family + cell)
 
 
@@ -298,8 +315,7 @@ def _flipped(pairs: pd.DataFrame) -> dict:
     concordant = pairs[first == second]
     right = int(concordant["correct_first"].sum())
     wrong = len(concordant) - right
-    deff = design_effect(concordant["correct_first"].to_numpy() == 1, concordant["sentence_id"].to_numpy()) \
-        if right + wrong else 1.0
+    deff = null_design_effect(concordant["correct_first"].to_numpy() == 1, concordant["sentence_id"].to_numpy())
     return {"both_right": right, "both_wrong": wrong, "flipped_difference": (right - wrong) / len(pairs),
             "flipped_p_value": binomial_p(right / deff, (right + wrong) / deff) if right + wrong else 1.0}
 
@@ -431,11 +447,11 @@ def _mcnemar(pairs: pd.DataFrame) -> dict:
     discordant = pairs[first != second]
     b, c = int(discordant["correct_first"].sum()), int(len(discordant) - discordant["correct_first"].sum())
     way = discordant["correct_first"].to_numpy() == 1  # b (True) or c
-    deff = design_effect(way, discordant["sentence_id"].to_numpy()) if b + c else 1.0
+    deff = null_design_effect(way, discordant["sentence_id"].to_numpy()) if b + c else 1.0
     return {
         "n_pairs": len(pairs), "accuracy_correct": first.mean(), "accuracy_other": second.mean(),
         "difference": first.mean() - second.mean(), "b": b, "c": c,
-        "p_value": binomial_p(b / deff, (b + c) / deff), "test": "exact McNemar",
+        "p_value": binomial_p(b / deff, (b + c) / deff) if b + c else 1.0, "test": "exact McNemar",
     }
 
 
