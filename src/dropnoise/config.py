@@ -120,12 +120,11 @@ def check(config: dict, root: str | Path = ".") -> None:
                     problems.append(f"figures.{field}: unknown alias(es) {unknown}; see {config['aliases']}")
     if config["probes"]["enabled"]:
         captured = config["probes"].get("aliases") or []
-        for key in models:  # every entry: a target can name a model that run.models does not
-            if aliases is None or "zero_shot" not in config["experiments"]:
-                continue
-            ran = _alias_names(aliases, settings(config, key, "zero_shot")) or captured
-            for alias in (a for a in captured if a not in ran):
-                problems.append(f"probes.aliases: '{alias}' is not among the zero_shot aliases of {key}")
+        if captured and aliases is not None and "zero_shot" in config["experiments"]:
+            for key in models:  # every entry: a target can name a model that run.models does not
+                ran = _alias_names(aliases, settings(config, key, "zero_shot"))
+                for alias in (a for a in captured if ran is not None and a not in ran):
+                    problems.append(f"probes.aliases: '{alias}' is not among the zero_shot aliases of {key}")
         for name in config["probes"]["experiments"]:
             if name not in config["run"]["experiments"]:
                 problems.append(f"probes.experiments: '{name}' is not in run.experiments (its runs are what is captured)")

@@ -136,14 +136,21 @@ def design_effect(correct: np.ndarray, groups: np.ndarray) -> float:
     effect of clusters whose rows always agree, sum(m_i^2) / n for clusters of m_i rows, the most that repetition
     can cost: a proportion of 1 over rows that repeat sentences is no more evidence than one row per sentence."""
     n, p = len(correct), correct.mean()
-    totals = pd.DataFrame({"correct": correct, "group": groups}).groupby("group").correct.agg(["sum", "count"])
-    clusters, binomial = len(totals), p * (1 - p) / n
+    sums, counts = _cluster_totals(correct, groups)
+    clusters, binomial = len(counts), p * (1 - p) / n
     if clusters == n:
         return 1.0
     if clusters < 2 or binomial == 0:
-        return float((totals["count"] ** 2).sum() / n)
-    robust = ((totals["sum"] - p * totals["count"]) ** 2).sum() / n**2
+        return float((counts**2).sum() / n)
+    robust = ((sums - p * counts) ** 2).sum() / n**2
     return max(1.0, robust / binomial)
+
+
+def _cluster_totals(outcome: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per cluster: the outcome's sum and the number of rows (bincount, not a groupby: condition_tests asks for
+    thousands of cells' design effects)."""
+    codes = pd.factorize(groups, sort=True)[0]  # clusters in sorted order, as a groupby sums them
+    return np.bincount(codes, weights=np.asarray(outcome, dtype=float)), np.bincount(codes)
 
 
 def adjust(frame: pd.DataFrame, family: list[str], alpha: float, method: str, test: str = "") -> pd.DataFrame:
@@ -207,10 +214,10 @@ def null_design_effect(outcome: np.ndarray, groups: np.ndarray) -> float:
     sentences of (s_i - m_i / 2)^2, over the binomial one, n / 4; at least 1. Unlike Kish's at the observed
     proportion it is defined when every row agrees, and one more row against the rest never makes a test more
     significant. 1 with one row per sentence."""
-    totals = pd.DataFrame({"outcome": outcome, "group": groups}).groupby("group").outcome.agg(["sum", "count"])
-    if len(totals) == len(outcome):
+    sums, counts = _cluster_totals(outcome, groups)
+    if len(counts) == len(outcome):
         return 1.0
-    return max(1.0, float(4 * ((totals["sum"] - totals["count"] / 2) ** 2).sum() / len(outcome)))
+    return max(1.0, float(4 * ((sums - counts / 2) ** 2).sum() / len(outcome)))
 
 
 def binomial_p(correct: float, n: float) -> float:
