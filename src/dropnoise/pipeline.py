@@ -164,10 +164,11 @@ def _load_model(model_key: str, model_dir: str, config: dict, threads: int | Non
 
 def run_shard(model_key: str, model_dir: str, prompt_file: str, experiment: str, conditions: list[dict],
               config: dict, out: str, threads: int | None = None, grid_file: str | None = None,
-              capture_file: str | None = None, trial_split: list[int] | None = None) -> None:
+              capture_file: str | None = None, capture_settings: dict | None = None,
+              trial_split: list[int] | None = None) -> None:
     """Run one shard: its conditions on its trials (`trial_split` = [index, count] of a shard by trials, None for
-    every trial); with `capture_file`, also save the residual stream of the rows `probes:` selects (the selection
-    is drawn from the whole prompt set, as in a shard by conditions)."""
+    every trial); with `capture_file`, also save the residual stream of the rows `capture_settings` (the capture
+    keys of `probes:`) select, drawn from the whole prompt set as in a shard by conditions."""
     hub_offline()
     from . import capture, engine, models
 
@@ -183,7 +184,7 @@ def run_shard(model_key: str, model_dir: str, prompt_file: str, experiment: str,
     perturbation = config["perturbation"]
     recorder = None
     if capture_file is not None:
-        selection = capture.select(config["probes"], config["seed"], experiment, trials,
+        selection = capture.select(capture_settings, config["seed"], experiment, trials,
                                    {kind: strengths[kind] for kind in PERTURBATIONS}, len(models.decoder_layers(model)))
         recorder = capture.ActivationCapture(model, selection)
     if trial_split is not None:

@@ -418,6 +418,13 @@ def steering_inputs(wildcards):
     }
 
 
+def capture_settings(wildcards):
+    """The `probes:` settings that choose an inference job's captured rows and layers: a change re-runs the
+    capturing jobs (the alias filter only those of zero-shot, the one experiment it applies to)."""
+    keys = ["trials", "strengths", "layer_stride"] + (["aliases"] if wildcards.experiment == "zero_shot" else [])
+    return {key: config["probes"].get(key) for key in keys}
+
+
 def steering_settings(wildcards):
     """What changes steering.csv besides its inputs (rerun triggers)."""
     return {"steering": config["probes"]["steering"], "perturbation": config["perturbation"], "seed": config["seed"]}

@@ -4,13 +4,16 @@
 
 if config["probes"]["enabled"]:
 
-    # The inference rule with one more output, for the captured experiments only (same job, same forward passes).
+    # The inference rule with one more output, for the captured experiments only (same job, same forward passes),
+    # and the capture settings as one more param (the inherited params are kept).
     use rule perturbed_inference as perturbed_inference_capture with:
         output:
             "results/{model}/shards/{experiment}/{shard}.csv",
             activations="results/{model}/shards/{experiment}/{shard}.activations.npz",
         log:
             "logs/perturbed_inference/{model}/{experiment}/{shard}.log",
+        params:
+            capture=capture_settings,
         wildcard_constraints:
             experiment="|".join(CAPTURED),
 

@@ -12,5 +12,6 @@ pipeline.run_shard(
     threads=snakemake.threads,
     grid_file=snakemake.input.get("grid"),
     capture_file=snakemake.output.get("activations"),
+    capture_settings=snakemake.params.get("capture"),
     trial_split=snakemake.params.trials,
 )
