@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from statsmodels.stats.proportion import proportion_confint
 
 from dropnoise import figures, stats, style, summary
 
@@ -93,14 +94,23 @@ def test_few_shot_heatmap_has_one_annotated_cell_per_grid_point():
 def test_few_shot_by_k_and_flipped_labels():
     rng = np.random.default_rng(3)
     table = few_shot_summary(rng)
+    table["correct_primary"] = table.sentence_id % 4 > 0  # a sentence's answers agree across the grid
     summarized = summary.summarize(table, "few_shot")
     fig = figures.few_shot_by_k({"m": summarized}, "none")
     assert list(fig.axes[0].get_xticks()) == [1, 3]
-    curves = {c.get_label(): c.lines[0] for c in fig.axes[0].containers}  # errorbar containers: line, caps, bars
-    assert list(curves) == ["m", "m, swapped labels"] and curves["m, swapped labels"].get_linestyle() == "--"
+    containers = {c.get_label(): c for c in fig.axes[0].containers}  # errorbar containers: line, caps, bars
+    assert list(containers) == ["m", "m, swapped labels"] and containers["m, swapped labels"].lines[0].get_linestyle() == "--"
     cells = summarized[(summarized.label_condition == "swapped") & (summarized.subset == "all")]
     pooled = cells.assign(hits=(cells.accuracy_primary * cells.n).round()).groupby("k")[["hits", "n"]].sum()
-    assert np.allclose(curves["m, swapped labels"].get_ydata(), 100 * (1 - pooled.hits / pooled.n))  # by taught labels
+    swapped = containers["m, swapped labels"]
+    assert np.allclose(swapped.lines[0].get_ydata(), 100 * (1 - pooled.hits / pooled.n))  # by the taught labels
+    # every grid cell runs the same base trials: the bars are Wilson on the effective sample size by sentence
+    bars = [segment[:, 1] for segment in swapped.lines[2][0].get_segments()]
+    for (k, part), (low, high) in zip(table[(table.label_condition == "swapped") & (table.alias == "none")].groupby("k"), bars):
+        correct = part.correct_primary.to_numpy()
+        deff = stats.design_effect(correct, part.sentence_id.to_numpy())
+        wilson = proportion_confint(correct.sum() / deff, len(part) / deff, method="wilson")
+        assert deff > 2 and np.allclose([low, high], 100 * (1 - np.array(wilson[::-1])))
     pairs = stats.label_pairs(table)
     fig = figures.flipped_labels(pairs, "m", ["none", "x_y"], {"none": "DROPOUT / NOISE"})
     assert len(fig.axes) == 2  # one panel (x_y did not run) and its colour bar

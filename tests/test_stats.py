@@ -12,6 +12,7 @@ import pytest
 import statsmodels.api as sm
 from scipy.stats import binomtest
 from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.proportion import proportion_confint
 
 from dropnoise import outputs, pipeline, stats, summary
 from dropnoise.labels import load_aliases
@@ -72,6 +73,26 @@ def test_condition_tests_count_a_repeated_sentence_once_when_its_trials_agree():
     for column in ("accuracy", "wilson_low", "wilson_high", "cp_low", "cp_high", "p_value"):
         assert four[column].to_numpy() == pytest.approx(alone[column].to_numpy()), column
     assert alone.p_value.to_numpy() == pytest.approx([binomtest(k, n, 0.5).pvalue for k, n in zip(alone.correct, alone.n)])
+
+
+def test_summary_bands_are_the_condition_tests_intervals():
+    """The figures' bands (summary) are condition_tests' Wilson intervals: plain Wilson where no sentence recurs,
+    wider where a condition's trials repeat their sentences."""
+    rng = np.random.default_rng(8)
+    once = zero_shot_trials(rng, {"dropout_noise": lambda s: 0.7}, n_sentences=50)
+    repeated = pd.concat([once.assign(base_id=once.base_id + f"-{r}") for r in range(3)], ignore_index=True)
+    for trials, deff in ((once, 1), (repeated, 3)):
+        tests = stats.condition_tests(trials, "zero_shot")
+        bands = summary.summarize(trials.assign(logit_diff=0.0), "zero_shot")
+        for rule in ("primary", "argmax"):
+            mine = tests[tests.rule == rule].sort_values(["perturbation", "strength"])
+            band = bands.sort_values(["perturbation", "strength"])
+            assert band[f"ci_low_{rule}"].to_numpy() == pytest.approx(mine.wilson_low.to_numpy())
+            assert band[f"ci_high_{rule}"].to_numpy() == pytest.approx(mine.wilson_high.to_numpy())
+            assert mine.design_effect.to_numpy() == pytest.approx(deff)
+        assert (bands.n_sentences == 50).all()
+    plain = [proportion_confint(k, n, method="wilson") for k, n in zip(tests.correct, tests.n)]
+    assert not np.allclose(tests[["wilson_low", "wilson_high"]].to_numpy(), plain)  # repeats widen the band
 
 
 def test_condition_tests_hold_their_size_when_sentences_repeat():

@@ -4,7 +4,8 @@ Each plot function takes the tables it needs (already read) and returns a matplo
 PDF and PNG with the shared style. Nothing here imports model code.
 
 Inputs: per-model summaries (`results/{model}/{experiment}.summary.csv`: accuracy by rule with Wilson 95%
-intervals, pooled (`subset == "all"`) and per subset) and `results/stats/label_pairs.csv`.
+intervals on the effective sample size, pooled (`subset == "all"`), per subset, and few-shot over its grid
+(`subset == "grid"`)) and `results/stats/label_pairs.csv`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from statsmodels.stats.proportion import proportion_confint
 
 from . import style
 from .vocabulary import PERTURBATIONS
@@ -152,25 +152,23 @@ def few_shot_heatmap(summary: pd.DataFrame, canonical: str, rule: str = "primary
 
 
 def few_shot_by_k(summaries: dict[str, pd.DataFrame], canonical: str, rule: str = "primary"):
-    """Fig. 5 (right): accuracy pooled over the dropout x noise grid vs k, canonical alias, one colour per model:
-    correct teaching labels (solid) and, as the paper, swapped ones as accuracy under the labels taught, 100 - the
-    accuracy against the true perturbation (dashed)."""
+    """Fig. 5 (right): accuracy pooled over the dropout x noise grid vs k (the summaries' "grid" rows: 95% Wilson
+    on the effective sample size, since every cell runs the same base trials), canonical alias, one colour per
+    model: correct teaching labels (solid) and, as the paper, swapped ones as accuracy under the labels taught,
+    100 - the accuracy against the true perturbation (dashed)."""
     fig, axes = style.figure(width=style.COLUMN_WIDTH, height=2.4)
     ax = axes[0][0]
     colors = sns.color_palette("colorblind", len(summaries))
     for color, (model, summary) in zip(colors, summaries.items()):
-        rows = _pooled(summary)
+        rows = summary[summary["subset"] == "grid"]
         for condition, linestyle, label in (("correct", "-", model), ("swapped", "--", f"{model}, swapped labels")):
-            part = rows[(rows["label_condition"] == condition) & (rows["alias"] == canonical)]
+            part = rows[(rows["label_condition"] == condition) & (rows["alias"] == canonical)].sort_values("k")
             if part.empty or (condition == "swapped" and rule == "argmax"):  # argmax may answer neither option
                 continue
-            pooled = part.assign(hits=part[f"accuracy_{rule}"] * part["n"]).groupby("k")[["hits", "n"]].sum()
-            pooled["hits"] = pooled["hits"].round()
+            share, low, high = (part[f"{c}_{rule}"].to_numpy() for c in ("accuracy", "ci_low", "ci_high"))
             if condition == "swapped":  # right by the taught labels = wrong against the truth
-                pooled["hits"] = pooled["n"] - pooled["hits"]
-            low, high = proportion_confint(pooled["hits"], pooled["n"], method="wilson")
-            share = pooled["hits"] / pooled["n"]
-            ax.errorbar(pooled.index, 100 * share, yerr=[100 * (share - low), 100 * (high - share)], color=color,
+                share, low, high = 1 - share, 1 - high, 1 - low
+            ax.errorbar(part["k"], 100 * share, yerr=[100 * (share - low), 100 * (high - share)], color=color,
                         linestyle=linestyle, marker="o", markersize=3, capsize=2, linewidth=1.2, label=label)
     ax.axhline(50, label="chance (50%)", **style.CHANCE_STYLE)
     ks = sorted({int(k) for s in summaries.values() for k in s["k"].unique()})

@@ -20,6 +20,7 @@ from . import config as dnconfig
 from . import operating_range, outputs, prompts, sentences, summary, tasks
 from .labels import load_aliases
 from .prompts import load_template
+from .stats import STRENGTH_COLUMNS
 from .vocabulary import PERTURBATIONS
 
 log = logging.getLogger("dropnoise")
@@ -257,9 +258,10 @@ def summarize(trial_file: str, experiment: str, out: str) -> None:
 
 
 def read_trials(path: str | Path, usecols=None) -> pd.DataFrame:
-    """A per-trial table or summary as written (alias `none` and empty fields stay strings, not NaN); `usecols`: the
+    """A per-trial table or summary as written (alias `none` and empty fields stay strings, not NaN), except that an
+    empty strength is missing (a summary's rows pooled over a grid), so strengths stay numbers; `usecols`: the
     columns to hold (a list or a predicate on names, as read_csv takes)."""
-    return pd.read_csv(path, keep_default_na=False, usecols=usecols)
+    return pd.read_csv(path, keep_default_na=False, na_values=dict.fromkeys(STRENGTH_COLUMNS, [""]), usecols=usecols)
 
 
 def stats_table(table: str, trial_files: list[str], aliases_file: str, settings: dict, out_csv: str, out_tex: str) -> None:

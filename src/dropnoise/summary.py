@@ -1,7 +1,14 @@
-"""Per-condition summaries of per-trial tables: accuracy by each scoring rule with a 95% Wilson interval.
+"""Per-condition summaries of per-trial tables: accuracy by each scoring rule with a 95% Wilson interval, the
+figures' bands.
 
 Rows are grouped by an experiment's condition columns, pooled over everything else ("subset" = all) and, where
-the experiment has one, broken down by a subset column (sentence length, topic pair, test class).
+the experiment has one, broken down by a subset column (sentence length, topic pair, test class). Few-shot also
+pools each curve over its dropout x noise grid ("subset" = grid, strengths empty: Fig. 5's accuracy against k),
+whose cells all run the same base trials. A condition's
+trials draw sentences with replacement (12 trials per sentence in the topic control), and a few-shot grid repeats
+every base trial in each of its cells (121 at the paper's size), so the interval is on the effective sample size
+n / deff, deff the design effect of the trials' correctness by sentence (for a condition: the interval of
+`stats.condition_tests` for the same trials).
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ from __future__ import annotations
 import pandas as pd
 from statsmodels.stats.proportion import proportion_confint
 
+from .stats import design_effect
 from .vocabulary import RULES
 
 CONDITIONS = {
@@ -17,22 +25,25 @@ CONDITIONS = {
     "zero_shot": (["alias", "perturbation", "strength"], None),
     "few_shot": (["k", "label_condition", "alias", "dropout_strength", "noise_strength"], "perturbation"),
 }
+POOLED_GRID = {"few_shot": ["dropout_strength", "noise_strength"]}
 
 
 def reads(experiment: str):
     """Which columns of a per-trial table `summarize` reads: a `usecols` for read_csv (a third of a paper-scale
     few-shot table's 36 columns)."""
     condition, column = CONDITIONS[experiment]
-    columns = {*condition, column, "logit_diff", *(f"correct_{rule}" for rule in RULES)}
+    columns = {*condition, column, "sentence_id", "logit_diff", *(f"correct_{rule}" for rule in RULES)}
     return lambda name: name in columns
 
 
 def _accuracy(group: pd.DataFrame) -> pd.Series:
-    out = {"n": len(group)}
+    n, sentences = len(group), group["sentence_id"].to_numpy()
+    out = {"n": n, "n_sentences": group["sentence_id"].nunique()}
     for rule in RULES:
-        k = int(group[f"correct_{rule}"].sum())
-        low, high = proportion_confint(k, len(group), alpha=0.05, method="wilson")
-        out.update({f"accuracy_{rule}": k / len(group), f"ci_low_{rule}": low, f"ci_high_{rule}": high})
+        correct = group[f"correct_{rule}"].to_numpy(dtype=bool)
+        deff = design_effect(correct, sentences)
+        low, high = proportion_confint(correct.sum() / deff, n / deff, alpha=0.05, method="wilson")
+        out.update({f"accuracy_{rule}": correct.mean(), f"ci_low_{rule}": low, f"ci_high_{rule}": high})
     out["mean_logit_diff"] = group["logit_diff"].mean()
     return pd.Series(out)
 
@@ -43,6 +54,9 @@ def summarize(trials: pd.DataFrame, experiment: str) -> pd.DataFrame:
     if column is not None:
         by = trials.groupby(condition + [column]).apply(_accuracy, include_groups=False).reset_index()
         parts.append(by.assign(subset=column + "=" + by.pop(column).astype(str)))
+    if experiment in POOLED_GRID:
+        curve = [c for c in condition if c not in POOLED_GRID[experiment]]
+        parts.append(trials.groupby(curve).apply(_accuracy, include_groups=False).reset_index().assign(subset="grid"))
     table = pd.concat(parts, ignore_index=True)
-    table["n"] = table["n"].astype(int)
+    table[["n", "n_sentences"]] = table[["n", "n_sentences"]].astype(int)
     return table[[*condition, "subset", *[c for c in table if c not in condition + ["subset"]]]]
