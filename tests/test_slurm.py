@@ -252,15 +252,15 @@ def test_tiny_preset_through_slurm_matches_local_run(slurm_cluster, tmp_path):
     log = slurm_run.output
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", log)
     # sentences, 2 prompt sets, 3 inference shards and the table jobs (2 aggregates, 2 summaries, 2 statistics
-    # tables) went through sbatch; the localrules (model folder, strength grid, figures) did not
+    # tables, the equivalence map) went through sbatch; the localrules (model folder, strength grid, figures) did not
     calls = [line for line in log.splitlines() if "sbatch call:" in line]
-    rules = Counter(re.search(r"--comment rule_(\w+?)_wildcards", c).group(1) for c in calls)
-    assert len(submitted) == 12 and rules == {"sentences": 1, "prompt_set": 2, "perturbed_inference": 3,
-                                              "aggregate": 2, "summarize": 2, "stats_table": 2}, (rules, log[-3000:])
+    rules = Counter(re.search(r"--comment '?rule_(\w+?)(?:_wildcards[^'\s]*)?['\s]", c).group(1) for c in calls)
+    assert len(submitted) == 13 and rules == {"sentences": 1, "prompt_set": 2, "perturbed_inference": 3, "aggregate": 2,
+                                              "summarize": 2, "stats_table": 2, "equivalence_map": 1}, (rules, log[-3000:])
     # each job re-runs Snakemake inside its allocation with this very Python (the venv), not whatever is on PATH
     assert all(f"{sys.executable} -m snakemake" in c for c in calls), calls[:1]
     # a table job asks for table_mem_mb's floor (its tables are small here), not the inference jobs' memory
-    assert all("--mem 4000" in c for c in calls if re.search(r"rule_(aggregate|summarize|stats_table)_", c))
+    assert all("--mem 4000" in c for c in calls if re.search(r"rule_(aggregate|summarize|stats_table|equivalence_map)", c))
 
     tables = sorted(p.name for p in (local / "results/tiny-llama").glob("*.csv"))
     assert tables == sorted(p.name for p in (cluster / "results/tiny-llama").glob("*.csv"))

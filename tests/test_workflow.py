@@ -237,8 +237,12 @@ def test_tiny_preset_end_to_end(tmp_path):
     assert set(told.experiment) == {"zero_shot"} and told.balanced_accuracy.between(0, 1).all()
     for table in ("condition_tests", "dose_response", "label_pairs", "discrimination", "alias_controls"):
         assert "\\toprule" in (work / f"results/stats/{table}.tex").read_text()
-    for figure in ("fig2_localization", "fig2_localization_by_length", "fig3_control", "fig5_few_shot_by_k"):
+    for figure in ("fig2_localization", "fig2_localization_by_length", "fig3_control", "fig5_few_shot_by_k",
+                   "equivalence_map"):
         assert (work / f"paper_figures/{figure}.pdf").stat().st_size > 5_000
+    curves = pd.read_csv(work / "results/stats/equivalence_curves.csv")
+    assert set(curves.model) == set(preset["run"]["models"]) and set(curves.sentence_tokens) == set(loc["buckets"])
+    assert {"model", "dropout_strength", "noise_strength"} <= set(pd.read_csv(work / "results/stats/equivalence_pairs.csv"))
     snakemake("--report", "report.html", "--configfile", "presets/ci.yaml", cwd=work)
     report = (work / "report.html").read_text()
     assert "Produced by the configuration config.yaml + presets/ci.yaml" in report

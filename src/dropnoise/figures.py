@@ -1,4 +1,5 @@
-"""The paper's results figures (figs. 2-6), as pure functions of the summary and statistics tables.
+"""The paper's results figures (figs. 2-6) and its auxiliary equivalence map, as pure functions of the summary and
+statistics tables.
 
 Each plot function takes the tables it needs (already read) and returns a matplotlib figure; `render` saves it as
 PDF and PNG with the shared style. Nothing here imports model code.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.lines import Line2D
 
 from . import style
 from .vocabulary import PERTURBATIONS
@@ -212,3 +214,39 @@ def _cell_flags(part: pd.DataFrame, column: str) -> dict:
     columns, rows = sorted(d.unique()), sorted(n.unique(), reverse=True)
     return {(rows.index(b), columns.index(a)): bool(s) for a, b, s in zip(d, n, part[column])}
 
+
+
+def equivalence_map(curves: pd.DataFrame, pairs: pd.DataFrame, mapping: pd.DataFrame):
+    """The dropout <-> noise equivalence map: each perturbation's localization curves (mean log P(correct), thin) and
+    isotonic fits over their monotone range (thick, open markers) per model (colour) and sentence length (shade),
+    then each condition's matched sigma per p (thin) and the mean over conditions per model (thick, +/- one SD)."""
+    fig, axes = style.figure(ncols=3, width=style.FULL_WIDTH, height=2.4, sharey=False)
+    models = list(dict.fromkeys(curves["model"]))
+    palette = dict(zip(models, sns.color_palette("colorblind", len(models))))
+    lengths = sorted(curves["sentence_tokens"].unique())
+    shade = {n: 0.45 + 0.55 * i / max(len(lengths) - 1, 1) for i, n in enumerate(lengths)}
+    for ax, kind in zip(axes[0][:2], PERTURBATIONS):
+        for (model, length), part in curves[curves["perturbation"] == kind].groupby(["model", "sentence_tokens"]):
+            part = part.sort_values("strength")
+            color = (*palette[model], shade[length])
+            ax.plot(part["strength"], part["mean"], color=color, linewidth=0.6, marker="o", markersize=1.5)
+            ax.plot(part["strength"], part["level"], color=color, linewidth=1.8, marker="o", markersize=3.5,
+                    markerfacecolor="none")
+        ax.set(xlabel=style.STRENGTH_LABELS[kind], title=f"{kind}: curves, isotonic fits (thick)")
+    axes[0][0].set_ylabel("log P(correct letter)")
+    axes[0][0].legend([Line2D([], [], color=palette[m]) for m in models], models, loc="best")
+    ax = axes[0][2]
+    for (model, _), part in pairs.groupby(["model", "sentence_tokens"]):
+        ax.plot(part["dropout_strength"], part["noise_strength"], color=palette[model], linewidth=0.5, alpha=0.5)
+    for model in models:
+        mean = mapping[mapping["scope"] == model].sort_values("dropout_strength")
+        if mean.empty:
+            continue
+        ax.plot(mean["dropout_strength"], mean["noise_strength"], color=palette[model], linewidth=1.8)
+        ax.fill_between(mean["dropout_strength"], mean["noise_strength"] - mean["noise_strength_sd"],
+                        mean["noise_strength"] + mean["noise_strength_sd"], color=palette[model], alpha=0.15, lw=0)
+    if pairs.empty:
+        ax.text(0.5, 0.5, "no matched pairs", ha="center", va="center", transform=ax.transAxes)
+    ax.set(xlabel=style.STRENGTH_LABELS["dropout"], ylabel="matched noise SD σ", title="noise σ matching each p")
+    fig.tight_layout()
+    return fig

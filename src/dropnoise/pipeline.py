@@ -285,15 +285,33 @@ def stats_table(table: str, trial_files: list[str], aliases_file: str, settings:
                  settings["correction"])
 
 
+def equivalence_map(trial_files: list[str], out_curves: str, out_pairs: str, out_mapping: str) -> None:
+    """results/stats/equivalence_{curves,pairs,mapping}.csv from every model's localization table (only the
+    columns the map reads)."""
+    from . import equivalence
+
+    trials = pd.concat([read_trials(path, list(equivalence.READS)) for path in trial_files], ignore_index=True)
+    curves = equivalence.curves(trials)
+    pairs = equivalence.pairs(curves)
+    mapping = equivalence.mapping(pairs)
+    for table, out in ((curves, out_curves), (pairs, out_pairs), (mapping, out_mapping)):
+        outputs.write_csv(table, out)
+    log.info("equivalence map: %d conditions, %d matched pairs, %d dropout rates with a mean over conditions",
+             curves.groupby(equivalence.CONDITION).ngroups, len(pairs), int((mapping.scope == "all").sum()))
+
+
 def paper_figure(name: str, inputs: dict[str, str], config: dict, aliases_file: str, stem: str) -> None:
     """Draw one figure from its tables. `inputs` maps a model to its summary (cross-model figures), or names the
-    one table a per-model figure reads ("summary" or "pairs") together with "model"."""
+    one table a per-model figure reads ("summary" or "pairs") together with "model", or the equivalence map's
+    tables ("curves", "pairs", "mapping")."""
     from . import figures, style
 
     aliases = load_aliases(aliases_file)
     groups = aliases.groups()
     rule = config["stats"]["rule"]
-    if name in ("fig2_localization", "fig2_localization_by_length", "fig3_control", "fig5_few_shot_by_k"):
+    if name == "equivalence_map":
+        fig = figures.equivalence_map(*(pd.read_csv(inputs[table]) for table in ("curves", "pairs", "mapping")))
+    elif name in ("fig2_localization", "fig2_localization_by_length", "fig3_control", "fig5_few_shot_by_k"):
         summaries = {model: read_trials(path) for model, path in inputs.items()}
         if name.startswith("fig2"):  # as the paper: a model's finer noise extension is in its tables, not Fig. 2
             summaries = {model: _on_grid(table, config["experiments"]["localization"]["grid"])

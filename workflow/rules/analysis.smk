@@ -55,3 +55,35 @@ rule stats_table:
         "../../envs/analysis.yaml",
     script:
         "../scripts/stats_table.py"
+
+
+# The dropout <-> noise equivalence map (src/dropnoise/equivalence.py; the paper's auxiliary notebook): which sigma
+# makes a sentence as easy to localize as dropout rate p, per model x sentence length; its figure is a paper_figure.
+rule equivalence_map:
+    input:
+        trials=localization_tables,
+    output:
+        curves="results/stats/equivalence_curves.csv",
+        pairs=report(
+            "results/stats/equivalence_pairs.csv",
+            caption="../report/caption.rst",
+            category="Statistical tests",
+            labels={"table": "equivalence_pairs"},
+        ),
+        mapping=report(
+            "results/stats/equivalence_mapping.csv",
+            caption="../report/caption.rst",
+            category="Statistical tests",
+            labels={"table": "equivalence_mapping"},
+        ),
+    log:
+        "logs/stats/equivalence_map.log",
+    params:
+        caption=CAPTIONS["equivalence_tables"],
+        provenance=provenance,
+    resources:
+        mem_mb=lambda wildcards, input, attempt: table_mem_mb(input.trials, attempt, 1, together=True),
+    conda:
+        "../../envs/analysis.yaml",
+    script:
+        "../scripts/equivalence_map.py"

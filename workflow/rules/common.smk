@@ -51,7 +51,9 @@ PAPER_FIGURES = {
     "fig2_localization_by_length": "localization",
     "fig3_control": "localization_control",
     "fig5_few_shot_by_k": "few_shot",
+    "equivalence_map": "localization",
 }
+EQUIVALENCE_TABLES = ("equivalence_curves", "equivalence_pairs", "equivalence_mapping")
 MODEL_FIGURES = {"fig4_zero_shot": "zero_shot", "fig5_few_shot_heatmap": "few_shot", "fig6_flipped_labels": "few_shot"}
 # Report captions, one per figure and table (workflow/report/captions.yaml).
 with open(os.path.join(workflow.basedir, "workflow", "report", "captions.yaml")) as handle:
@@ -83,6 +85,7 @@ def all_targets():
         for suffix in (".csv", ".summary.csv")
     ]
     tables = [f"results/stats/{table}.{ext}" for table in STATS_TABLES if stats_trial_files(table) for ext in ("csv", "tex")]
+    tables += [f"results/stats/{table}.csv" for table in EQUIVALENCE_TABLES if figure_models("equivalence_map")]
     figures = [f"paper_figures/{name}.{ext}" for name in PAPER_FIGURES if figure_models(name) for ext in ("pdf", "png")]
     figures += [
         f"paper_figures/{model}/{name}.{ext}"
@@ -158,7 +161,14 @@ def figure_models(name):
 
 def paper_figure_inputs(wildcards):
     name = wildcards.figure
+    if name == "equivalence_map":
+        return {table.split("_")[1]: f"results/stats/{table}.csv" for table in EQUIVALENCE_TABLES}
     return {model: f"results/{model}/{PAPER_FIGURES[name]}.summary.csv" for model in figure_models(name)}
+
+
+def localization_tables(wildcards):
+    """The localization tables of every model that ran it (the equivalence map's conditions)."""
+    return [f"results/{model}/localization.csv" for model in figure_models("equivalence_map")]
 
 
 def model_figure_inputs(wildcards):

@@ -1,0 +1,97 @@
+"""The dropout <-> noise equivalence map on synthetic localization curves with a known relation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dropnoise import equivalence
+
+DROPOUT = np.round(np.arange(0, 1.01, 0.1), 2)
+NOISE = np.round(np.arange(0, 0.5, 0.05), 2)
+
+
+def localization(rng, model="m", length=7, dropout=lambda p: -2 + 2 * p, noise=lambda s: -2 + 4 * s, n=30, jitter=0.0):
+    """Per-trial rows whose log P(correct) follows `dropout`(p) and `noise`(sigma), sentences drawn with replacement."""
+    rows = []
+    for kind, grid, level in (("dropout", DROPOUT, dropout), ("noise", NOISE, noise)):
+        for strength in grid:
+            values = level(strength) + jitter * rng.standard_normal(n)
+            rows += [{"model": model, "sentence_tokens": length, "perturbation": kind, "strength": strength,
+                      "sentence_id": f"s{rng.integers(20)}", "log_prob_correct": v} for v in values]
+    return pd.DataFrame(rows)
+
+
+def test_a_known_relation_is_recovered_and_the_noise_range_bounds_it():
+    """dropout: -2 + 2p, noise: -2 + 4 sigma, so sigma = p / 2; noise peaks at sigma = 0.45 (level -0.2), so p above
+    0.9 has no match; strength 0 is not a pair."""
+    fitted = equivalence.curves(localization(np.random.default_rng(0)))
+    pairs = equivalence.pairs(fitted)
+    assert pairs.dropout_strength.tolist() == pytest.approx(DROPOUT[1:10])  # not 0, not 1.0 (level 0 > -0.2)
+    assert pairs.noise_strength.to_numpy() == pytest.approx(pairs.dropout_strength.to_numpy() / 2)
+    assert (pairs.n == 30).all() and pairs.dropout_se.to_numpy() == pytest.approx(0, abs=1e-12)
+
+
+def test_the_monotone_range_starts_where_the_curve_leaves_its_floor_and_ends_at_its_peak():
+    means = np.array([-3.0, -3.01, -2.99, -2.5, -1.0, -0.5, -0.8, -2.0])
+    assert equivalence.monotone_range(means) == slice(3, 6)  # -2.99 is not 5% of the range above the floor
+    fitted = equivalence.curves(localization(np.random.default_rng(1), dropout=lambda p: -2 + 2 * min(p, 0.5)
+                                             - 4 * max(p - 0.5, 0)))
+    dropout = fitted[fitted.perturbation == "dropout"]
+    # the floor (p = 0) is not above itself, and the fall after the peak is left out
+    assert dropout.level.notna().tolist() == [0 < p <= 0.5 for p in DROPOUT]
+
+
+def test_noise_plateaus_invert_to_their_smallest_sigma_and_noisy_curves_are_made_monotone():
+    plateau = lambda s: -2 + 4 * min(s, 0.2)  # noqa: E731  flat from sigma = 0.2: every level above is its plateau
+    fitted = equivalence.curves(localization(np.random.default_rng(2), noise=plateau))
+    noise = fitted[(fitted.perturbation == "noise")].dropna(subset=["level"])
+    assert noise.strength.max() == pytest.approx(0.2)  # the peak is the plateau's first point
+    pairs = equivalence.pairs(fitted)
+    assert pairs.noise_strength.max() == pytest.approx(0.2) and pairs.dropout_strength.max() == pytest.approx(0.4)
+    noisy = equivalence.curves(localization(np.random.default_rng(3), jitter=0.5, n=10))
+    for _, curve in noisy.dropna(subset=["level"]).groupby("perturbation"):
+        assert (np.diff(curve.level) >= 0).all()
+
+
+def test_the_mapping_averages_over_conditions_and_needs_three_of_them():
+    rng = np.random.default_rng(4)
+    trials = pd.concat([localization(rng, length=length, noise=lambda s, a=slope: -2 + a * s)
+                        for length, slope in ((3, 4.0), (7, 5.0), (11, 8.0))]
+                       + [localization(rng, model="other", length=3)], ignore_index=True)
+    pairs = equivalence.pairs(equivalence.curves(trials))
+    table = equivalence.mapping(pairs)
+    overall = table[table.scope == "all"].set_index("dropout_strength")
+    # p = 0.5: sigma = 2p / slope for the slopes 4, 5, 8 and 4 again (the other model)
+    assert overall.loc[0.5, "conditions"] == 4
+    assert overall.loc[0.5, "noise_strength"] == pytest.approx(np.mean([0.25, 0.2, 0.125, 0.25]))
+    # p = 0.1 (level -1.8) is below the first fitted noise level of the slopes 5 and 8 (the floor is not fitted)
+    assert 0.1 not in overall.index
+    assert set(table.scope) == {"all", "m"}  # "other" has one condition: too few for its own mapping
+    assert (table.conditions >= 3).all()
+
+
+def test_a_condition_that_ran_one_perturbation_or_one_strength_is_left_out():
+    trials = localization(np.random.default_rng(5))
+    assert equivalence.curves(trials[trials.perturbation == "dropout"]).empty
+    assert equivalence.pairs(equivalence.curves(trials[trials.strength.isin([0.0])])).empty
+
+
+def test_the_figure_draws_each_condition_and_each_models_mean(tmp_path):
+    from dropnoise import figures, style
+
+    rng = np.random.default_rng(6)
+    trials = pd.concat([localization(rng, model=model, length=length, noise=lambda s, a=slope: -2 + a * s)
+                        for model in ("m", "other") for length, slope in ((3, 4.0), (7, 5.0), (11, 8.0))],
+                       ignore_index=True)
+    curves = equivalence.curves(trials)
+    pairs = equivalence.pairs(curves)
+    fig = figures.equivalence_map(curves, pairs, equivalence.mapping(pairs))
+    left, middle, right = fig.axes
+    assert len(left.lines) == len(middle.lines) == 2 * 6  # points and fit per model x length
+    assert len(right.lines) == 6 + 2 and len(right.collections) == 2  # conditions, then each model's mean and band
+    assert [t.get_text() for t in left.get_legend().get_texts()] == ["m", "other"]
+    assert all(path.stat().st_size > 10_000 for path in style.save(fig, tmp_path / "map"))
+    empty = figures.equivalence_map(curves, pairs.iloc[:0], equivalence.mapping(pairs.iloc[:0]))
+    assert [t.get_text() for t in empty.axes[2].texts] == ["no matched pairs"]
