@@ -31,6 +31,9 @@ def test_probe_recovers_a_planted_linear_signal():
     result = probes.scores(y, probes.out_of_fold(probes.probe(1.0), X, y, groups, folds=5, seed=1), groups)
     assert result["accuracy"] > 0.9 and result["auroc"] > 0.95 and result["accuracy_low"] > 0.8
     assert 0 < result["mi_lower_bound_bits"] <= result["label_entropy_bits"] == pytest.approx(1.0)
+    assert result["majority_accuracy"] == np.bincount(y).max() / len(y)
+    skewed = probes.scores(np.r_[y, np.ones(30, int)], np.r_[np.full(len(y), 0.5), np.ones(30)], np.r_[groups, ["z"] * 30])
+    assert skewed["majority_accuracy"] == pytest.approx((np.bincount(y)[1] + 30) / (len(y) + 30))
 
 
 def test_a_tiny_set_gets_fewer_folds_instead_of_an_error():

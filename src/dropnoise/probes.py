@@ -161,8 +161,8 @@ def auroc_interval(y: np.ndarray, proba: np.ndarray, groups: np.ndarray) -> tupl
 
 
 def scores(y: np.ndarray, proba: np.ndarray, groups: np.ndarray) -> dict:
-    """Accuracy (95% Wilson interval), AUROC (95% interval, `auroc_interval`), and the cross-entropy bound
-    I(T;Y) >= H(Y) - CE in bits. Rows of one sentence are not independent: the accuracy's interval uses the
+    """Accuracy (95% Wilson interval) next to the majority class's share (what always answering the larger class
+    scores), AUROC (95% interval, `auroc_interval`), and the cross-entropy bound I(T;Y) >= H(Y) - CE in bits. Rows of one sentence are not independent: the accuracy's interval uses the
     effective sample size n / deff, deff the design effect of the rows' correctness by sentence; the AUROC's
     variance is clustered by sentence."""
     hits = (proba > 0.5) == y
@@ -172,7 +172,7 @@ def scores(y: np.ndarray, proba: np.ndarray, groups: np.ndarray) -> dict:
     entropy = stats.entropy(np.bincount(y, minlength=2), base=2)
     cross_entropy = log_loss(y, np.clip(proba, 1e-6, 1 - 1e-6), labels=[0, 1]) / np.log(2)
     return {"n": len(y), "design_effect": deff, "accuracy": hits.mean(), "accuracy_low": low, "accuracy_high": high,
-            "auroc": roc_auc_score(y, proba), "auroc_low": auc_low, "auroc_high": auc_high,
+            "majority_accuracy": np.bincount(y, minlength=2).max() / len(y), "auroc": roc_auc_score(y, proba), "auroc_low": auc_low, "auroc_high": auc_high,
             "label_entropy_bits": entropy, "cross_entropy_bits": cross_entropy,
             "mi_lower_bound_bits": entropy - cross_entropy}
 
