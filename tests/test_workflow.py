@@ -280,3 +280,80 @@ def check_capture_settings_rerun_the_capturing_jobs(work):
     capturing = [block for block in changed if block.startswith("perturbed_inference_capture:")]
     assert capturing and all("'layer_stride': 2" in block for block in capturing)
     assert all("Produced by the configuration" in block for block in changed if block not in capturing)
+
+
+def check_probing_outputs(work, model, preset):
+    """The probing rules of the tiny run: capture files per shard, probe and MI tables, figures."""
+    loc = preset["experiments"]["localization"]
+    shards = sorted((work / f"results/{model}/shards/localization").glob("*.activations.npz"))
+    assert len(shards) == loc["shards"]
+    probes = pd.read_csv(work / f"results/{model}/probes.csv")
+    assert set(probes.task) == {"perturbed", "which_sentence", "dropout_vs_noise"}
+    assert set(probes.site) == {"answer", "span_mean", "span_last"} and set(probes.features) == {"linear", "norm", "shuffled"}
+    assert set(probes.site[probes.task == "which_sentence"]) == {"answer"}  # a span's position would be its label
+    assert set(probes.layer) == {0, 1}  # the tiny models' two layers
+    assert probes.accuracy.between(0, 1).all() and (probes.accuracy_low <= probes.accuracy).all()
+    # strength 0 of perturbed vs clean compares the clean pass with itself: nothing to decode
+    baseline = probes[(probes.task == "perturbed") & (probes.level == 0) & (probes.features != "shuffled")]
+    assert len(baseline) and (baseline.auroc == 0.5).all()
+    mi = pd.read_csv(work / f"results/{model}/mutual_information.csv")
+    assert {"nhsic_tx", "nhsic_ty", "nhsic_ty_null_mean", "nhsic_ty_p", "probe_bound_bits"} <= set(mi.columns)
+    assert mi.probe_bound_bits.notna().all() and (mi.nhsic_ty_p_adjusted >= mi.nhsic_ty_p).all()
+    assert (work / f"results/{model}/represented_vs_reported.csv").exists()
+    check_steering(work, model, preset)
+    for figure in ("probes_accuracy", "probes_represented_vs_reported", "mi_layers", "steering_dose_response"):
+        assert (work / f"paper_figures/{model}/{figure}.png").stat().st_size > 0
+
+
+def check_steering(work, model, preset):
+    """Every vector, control, scale and base run; scale 0 is the one unsteered run of every curve."""
+    table = pd.read_csv(work / f"results/{model}/steering.csv")
+    scales = preset["probes"]["steering"]["scales"]
+    assert len(table) == 2 * 3 * len(scales) * 3 and set(table.scale) == set(scales)
+    assert set(table.vector) == {"noise_minus_dropout", "perturbed_minus_clean"}
+    assert set(table.kind) == {"mass_mean", "random", "shuffled_labels"} and set(table.base) == {"none", "dropout", "noise"}
+    assert set(table.layer) == {1} and (table.n > 0).all() and (table.n_dev > 0).all()
+    assert table.frac_noise.between(0, 1).all() and table.logit_diff.notna().all() and (table.unit_norm > 0).all()
+    unsteered = table[table.scale == 0]
+    assert (unsteered.groupby("base")[["logit_diff", "frac_noise", "nll_per_token"]].nunique() == 1).all().all()
+    assert (unsteered.ppl_ratio == 1.0).all() and (unsteered.injected_norm == 0).all()
+    steered = table[table.scale != 0]
+    assert (steered.groupby(["vector", "scale"]).injected_norm.nunique() == 1).all()  # controls: the vector's norm
+
+
+def check_dynamics_outputs(work, preset):
+    """The trained tiny series: loss falls over training; every checkpoint is in the dynamics table and figure."""
+    (series,) = preset["dynamics"]["models"]
+    steps = [p["step"] for p in preset["models"][series]["checkpoints"]]
+    training = pd.read_csv(work / f"results/{series}/training.csv")
+    assert list(training.step) == steps and training.held_out_loss.iloc[-1] < training.held_out_loss.iloc[0]
+    assert sorted(p.name for p in (work / f"resources/trained/{series}").iterdir() if not p.name.startswith(".")) == sorted(
+        f"step{step}" for step in steps)
+    table = pd.read_csv(work / f"results/{series}/dynamics.csv")
+    assert sorted(set(table.step)) == steps and set(table.checkpoint) == {f"{series}-step{step}" for step in steps}
+    assert {"verbal_accuracy", "probe_accuracy", "nhsic_tx", "nhsic_ty_excess"} == set(table.metric)
+    accuracy = table[table.metric.isin(["verbal_accuracy", "probe_accuracy"])]
+    assert accuracy.value.between(0, 1).all() and (accuracy.ci_low <= accuracy.value).all()
+    loc = pd.read_csv(work / f"results/{series}-step{steps[-1]}/localization.csv")
+    small = preset["dynamics"]["localization"]
+    assert set(loc.sentence_tokens) == set(small["buckets"]) and set(loc.strength) == {0.0, *small["grid"]["dropout"], *small["grid"]["noise"]}
+    assert not (work / f"results/{series}-step{steps[-1]}/zero_shot.csv").exists()
+    for ext in ("pdf", "png"):
+        assert (work / f"paper_figures/{series}/dynamics.{ext}").stat().st_size > 0
+
+
+def test_a_models_own_template_is_an_input_of_its_prompts_and_probes(tmp_path):
+    """The probes read their labels' option letters from the template the model's prompts were rendered with."""
+    paper = yaml.safe_load((ROOT / "config.yaml").read_text())
+    own = tmp_path / "own_localization.yaml"
+    shutil.copy(ROOT / paper["experiments"]["localization"]["template"], own)
+    paper["models"]["qwen32b"]["settings"] = {"localization": {"template": str(own)}}
+    paper["probes"]["enabled"] = True
+    path = tmp_path / "own.yaml"
+    path.write_text(yaml.safe_dump(paper))
+    out = snakemake("-n", "results/qwen32b/probes.csv", "--configfile", str(path)).stdout
+    jobs = {block.split(":", 1)[0]: block for block in out.split("\nrule ")[1:]}
+    prompt_jobs = [b for b in out.split("\nrule ")[1:] if b.startswith("prompt_set") and "localization.jsonl" in b]
+    assert len(prompt_jobs) == 1 and str(own) in prompt_jobs[0]
+    assert str(own) in jobs["probes"]
+    assert paper["experiments"]["zero_shot"]["template"] in jobs["probes"]  # the other experiments keep theirs
