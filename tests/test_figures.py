@@ -140,3 +140,9 @@ def test_unknown_figure_is_a_clear_error(tmp_path):
 
     with pytest.raises(ValueError, match="unknown figure 'fig9'"):
         pipeline.paper_figure("fig9", {}, {"stats": {"rule": "primary"}}, ROOT / "data/aliases.yaml", str(tmp_path / "x"))
+
+
+def test_few_shot_by_k_names_a_summary_written_before_its_grid_rows():
+    summarized = summary.summarize(few_shot_summary(np.random.default_rng(4)), "few_shot")
+    with pytest.raises(ValueError, match=r"m: its few-shot summary has no rows pooled over the grid.*--force"):
+        figures.few_shot_by_k({"m": summarized[summarized.subset != "grid"]}, "none")

@@ -9,8 +9,9 @@ sentence. As the reference:
 3. the noise fit's plateaus dropped (the smallest sigma of each fitted level kept), so that it can be inverted;
 4. the noise fit inverted by linear interpolation at the dropout fit's levels: the matched sigma of each p, missing
    outside the levels the noise fit reaches.
-Strength 0, where the grids have it, is the clean pass: a point of both curves (the floor they rise from), not a
-pair.
+Strength 0, where the grids have it, is the clean pass: kept in the curves (the figure draws it), but left out of the
+ranges and fits as the reference's sweeps (from p = 0.05) had it, so that a dip below the clean value before the
+rise cannot pool the clean point into a level no perturbed point has, nor make sigma = 0 a match.
 Tables: `curves` (every condition's points and fits), `pairs` (the matched pairs, the reference's
 matched_pairs.csv) and `mapping` (per dropout rate the mean, standard deviation and count of the matched sigma across
 conditions, kept where at least three conditions give one: the reference's mean_mapping.csv).
@@ -55,8 +56,11 @@ def monotone_range(means: np.ndarray) -> slice:
 
 
 def _fit(points: pd.DataFrame) -> pd.Series:
-    """The increasing isotonic fit of a curve within its monotone range (missing outside it)."""
-    within = points.iloc[monotone_range(points["mean"].to_numpy())]
+    """The increasing isotonic fit of a curve's perturbed points within their monotone range (missing outside it)."""
+    perturbed = points[points.strength > 0]
+    if perturbed.empty:
+        return pd.Series(np.nan, index=points.index)
+    within = perturbed.iloc[monotone_range(perturbed["mean"].to_numpy())]
     level = IsotonicRegression(increasing=True).fit_transform(within.strength, within["mean"])
     return pd.Series(level, index=within.index).reindex(points.index)
 
@@ -92,7 +96,6 @@ def pairs(fitted: pd.DataFrame) -> pd.DataFrame:
         if dropout.empty or noise.empty:
             continue
         matched = dropout.assign(noise_strength=match(dropout, noise)).dropna(subset=["noise_strength"])
-        matched = matched[matched.strength > 0]  # the clean pass is both curves' point, not a pair
         out.append(matched.rename(columns={"strength": "dropout_strength", "se": "dropout_se"})[PAIR_COLUMNS])
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=PAIR_COLUMNS)
 

@@ -6,7 +6,8 @@ PDF and PNG with the shared style. Nothing here imports model code.
 
 Inputs: per-model summaries (`results/{model}/{experiment}.summary.csv`: accuracy by rule with Wilson 95%
 intervals on the effective sample size, pooled (`subset == "all"`), per subset, and few-shot over its grid
-(`subset == "grid"`)) and `results/stats/label_pairs.csv`.
+(`subset == "grid"`)), `results/stats/label_pairs.csv` and the equivalence map's
+`results/stats/equivalence_{curves,pairs,mapping}.csv`.
 """
 
 from __future__ import annotations
@@ -163,6 +164,9 @@ def few_shot_by_k(summaries: dict[str, pd.DataFrame], canonical: str, rule: str 
     colors = sns.color_palette("colorblind", len(summaries))
     for color, (model, summary) in zip(colors, summaries.items()):
         rows = summary[summary["subset"] == "grid"]
+        if rows.empty:
+            raise ValueError(f"{model}: its few-shot summary has no rows pooled over the grid (subset 'grid'); it was "
+                             f"written before they existed: `snakemake --force results/{model}/few_shot.summary.csv`")
         for condition, linestyle, label in (("correct", "-", model), ("swapped", "--", f"{model}, swapped labels")):
             part = rows[(rows["label_condition"] == condition) & (rows["alias"] == canonical)].sort_values("k")
             if part.empty or (condition == "swapped" and rule == "argmax"):  # argmax may answer neither option
@@ -219,7 +223,8 @@ def _cell_flags(part: pd.DataFrame, column: str) -> dict:
 def equivalence_map(curves: pd.DataFrame, pairs: pd.DataFrame, mapping: pd.DataFrame):
     """The dropout <-> noise equivalence map: each perturbation's localization curves (mean log P(correct), thin) and
     isotonic fits over their monotone range (thick, open markers) per model (colour) and sentence length (shade),
-    then each condition's matched sigma per p (thin) and the mean over conditions per model (thick, +/- one SD)."""
+    then each condition's matched sigma per p (thin) and the mean over conditions per model (thick, +/- one SD) and,
+    with several models, over all of them (black, dashed)."""
     fig, axes = style.figure(ncols=3, width=style.FULL_WIDTH, height=2.4, sharey=False)
     models = list(dict.fromkeys(curves["model"]))
     palette = dict(zip(models, sns.color_palette("colorblind", len(models))))
@@ -238,15 +243,19 @@ def equivalence_map(curves: pd.DataFrame, pairs: pd.DataFrame, mapping: pd.DataF
     ax = axes[0][2]
     for (model, _), part in pairs.groupby(["model", "sentence_tokens"]):
         ax.plot(part["dropout_strength"], part["noise_strength"], color=palette[model], linewidth=0.5, alpha=0.5)
-    for model in models:
-        mean = mapping[mapping["scope"] == model].sort_values("dropout_strength")
+    scopes = {model: palette[model] for model in models} | ({"all": "black"} if len(models) > 1 else {})
+    for scope, color in scopes.items():
+        mean = mapping[mapping["scope"] == scope].sort_values("dropout_strength")
         if mean.empty:
             continue
-        ax.plot(mean["dropout_strength"], mean["noise_strength"], color=palette[model], linewidth=1.8)
+        ax.plot(mean["dropout_strength"], mean["noise_strength"], color=color, linewidth=1.8,
+                linestyle="--" if scope == "all" else "-", label="all models" if scope == "all" else None)
         ax.fill_between(mean["dropout_strength"], mean["noise_strength"] - mean["noise_strength_sd"],
-                        mean["noise_strength"] + mean["noise_strength_sd"], color=palette[model], alpha=0.15, lw=0)
+                        mean["noise_strength"] + mean["noise_strength_sd"], color=color, alpha=0.15, lw=0)
     if pairs.empty:
         ax.text(0.5, 0.5, "no matched pairs", ha="center", va="center", transform=ax.transAxes)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best")
     ax.set(xlabel=style.STRENGTH_LABELS["dropout"], ylabel="matched noise SD σ", title="noise σ matching each p")
     fig.tight_layout()
     return fig
