@@ -166,7 +166,8 @@ def few_shot_by_k(summaries: dict[str, pd.DataFrame], canonical: str, rule: str 
         rows = summary[summary["subset"] == "grid"]
         if rows.empty:
             raise ValueError(f"{model}: its few-shot summary has no rows pooled over the grid (subset 'grid'); it was "
-                             f"written before they existed: `snakemake --force results/{model}/few_shot.summary.csv`")
+                             f"written before they existed: `snakemake --force results/{model}/few_shot.summary.csv` "
+                             "(with the run's --configfile), then this figure again")
         for condition, linestyle, label in (("correct", "-", model), ("swapped", "--", f"{model}, swapped labels")):
             part = rows[(rows["label_condition"] == condition) & (rows["alias"] == canonical)].sort_values("k")
             if part.empty or (condition == "swapped" and rule == "argmax"):  # argmax may answer neither option
