@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 from sklearn.isotonic import IsotonicRegression
 
+from .stats import cluster_totals
+
 CONDITION = ["model", "sentence_tokens"]
 RANGE_FLOOR = 0.05  # share of the pre-peak dynamic range a point must rise above to start the monotone range
 MIN_CONDITIONS = 3  # conditions a dropout rate's mean matched sigma must rest on
@@ -38,7 +40,7 @@ def _curve(trials: pd.DataFrame) -> pd.DataFrame:
     for strength, at in trials.groupby("strength", sort=True):
         values = at.log_prob_correct.to_numpy(dtype=float)
         mean = values.mean()
-        residuals = pd.Series(values - mean).groupby(at.sentence_id.to_numpy()).sum().to_numpy()
+        residuals, _ = cluster_totals(values - mean, at.sentence_id.to_numpy())
         clusters = len(residuals)
         se = np.sqrt(clusters / (clusters - 1) * (residuals**2).sum()) / len(values) if clusters > 1 else np.nan
         rows.append({"strength": strength, "mean": mean, "se": se, "n": len(values)})

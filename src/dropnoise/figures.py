@@ -226,7 +226,7 @@ def equivalence_map(curves: pd.DataFrame, pairs: pd.DataFrame, mapping: pd.DataF
     isotonic fits over their monotone range (thick, open markers) per model (colour) and sentence length (shade),
     then each condition's matched sigma per p (thin) and the mean over conditions per model (thick, +/- one SD) and,
     with several models, over all of them (black, dashed)."""
-    fig, axes = style.figure(ncols=3, width=style.FULL_WIDTH, height=2.4, sharey=False)
+    fig, axes = style.figure(ncols=3, width=style.FULL_WIDTH, height=2.4)
     models = list(dict.fromkeys(curves["model"]))
     palette = dict(zip(models, sns.color_palette("colorblind", len(models))))
     lengths = sorted(curves["sentence_tokens"].unique())

@@ -136,7 +136,7 @@ def design_effect(correct: np.ndarray, groups: np.ndarray) -> float:
     effect of clusters whose rows always agree, sum(m_i^2) / n for clusters of m_i rows, the most that repetition
     can cost: a proportion of 1 over rows that repeat sentences is no more evidence than one row per sentence."""
     n, p = len(correct), correct.mean()
-    sums, counts = _cluster_totals(correct, groups)
+    sums, counts = cluster_totals(correct, groups)
     clusters, binomial = len(counts), p * (1 - p) / n
     if clusters == n:
         return 1.0
@@ -146,9 +146,9 @@ def design_effect(correct: np.ndarray, groups: np.ndarray) -> float:
     return max(1.0, robust / binomial)
 
 
-def _cluster_totals(outcome: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per cluster: the outcome's sum and the number of rows (bincount, not a groupby: condition_tests asks for
-    thousands of cells' design effects)."""
+def cluster_totals(outcome: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per cluster: the outcome's sum and the number of rows, clusters in sorted order as a groupby gives them
+    (bincount, not a groupby: condition_tests and the summaries ask for thousands of cells' design effects)."""
     codes = pd.factorize(groups, sort=True)[0]  # clusters in sorted order, as a groupby sums them
     return np.bincount(codes, weights=np.asarray(outcome, dtype=float)), np.bincount(codes)
 
@@ -214,7 +214,7 @@ def null_design_effect(outcome: np.ndarray, groups: np.ndarray) -> float:
     sentences of (s_i - m_i / 2)^2, over the binomial one, n / 4; at least 1. Unlike Kish's at the observed
     proportion it is defined when every row agrees, and one more row against the rest never makes a test more
     significant. 1 with one row per sentence."""
-    sums, counts = _cluster_totals(outcome, groups)
+    sums, counts = cluster_totals(outcome, groups)
     if len(counts) == len(outcome):
         return 1.0
     return max(1.0, float(4 * ((sums - counts / 2) ** 2).sum() / len(outcome)))

@@ -3,12 +3,11 @@ figures' bands.
 
 Rows are grouped by an experiment's condition columns, pooled over everything else ("subset" = all) and, where
 the experiment has one, broken down by a subset column (sentence length, topic pair, test class). Few-shot also
-pools each curve over its dropout x noise grid ("subset" = grid, strengths empty: Fig. 5's accuracy against k),
-whose cells all run the same base trials. A condition's
-trials draw sentences with replacement (12 trials per sentence in the topic control), and a few-shot grid repeats
-every base trial in each of its cells (121 at the paper's size), so the interval is on the effective sample size
-n / deff, deff the design effect of the trials' correctness by sentence (for a condition: the interval of
-`stats.condition_tests` for the same trials).
+pools each curve over its dropout x noise grid ("subset" = grid, strengths empty: Fig. 5's accuracy against k).
+A condition's trials draw sentences with replacement (12 trials per sentence in the topic control), and a few-shot
+grid repeats every base trial in each of its cells (121 at the paper's size), so the interval is on the effective
+sample size n / deff, deff the design effect of the trials' correctness by sentence (for a condition: the interval
+of `stats.condition_tests` for the same trials).
 """
 
 from __future__ import annotations
@@ -37,8 +36,8 @@ def reads(experiment: str):
 
 
 def _accuracy(group: pd.DataFrame) -> pd.Series:
-    n, sentences = len(group), group["sentence_id"].to_numpy()
-    out = {"n": n, "n_sentences": group["sentence_id"].nunique()}
+    n, sentences = len(group), pd.factorize(group["sentence_id"], sort=True)[0]  # once, not per rule
+    out = {"n": n, "n_sentences": sentences.max() + 1}
     for rule in RULES:
         correct = group[f"correct_{rule}"].to_numpy(dtype=bool)
         deff = design_effect(correct, sentences)
