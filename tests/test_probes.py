@@ -71,6 +71,15 @@ def test_probe_intervals_widen_by_the_design_effect_of_repeated_sentences():
     perfect = probes.scores(np.repeat(y, 4), np.repeat(y, 4).astype(float), np.repeat(np.arange(60), 4).astype(str))
     assert perfect["design_effect"] == 4 and perfect["accuracy_low"] == pytest.approx(
         proportion_confint(60, 60, method="wilson")[0])
+    # ... unless the probe's other layers show how much a sentence's rows agree: their pooled correlation
+    halfway = probes.scores(np.repeat(y, 4), np.repeat(y, 4).astype(float), np.repeat(np.arange(60), 4).astype(str), 0.5)
+    assert halfway["design_effect"] == pytest.approx(2.5)
+    fits = [(np.repeat(y, 4), np.repeat(proba, 4)), (np.repeat(y, 4), np.repeat(y, 4).astype(float))]
+    groups = np.repeat(np.arange(60), 4).astype(str)
+    assert probes.layer_icc(fits, groups) == pytest.approx(1.0)  # the 80% layer's sentences agree on all 4 rows
+    independent = (np.repeat(y, 4), np.where(rng.random(240) < 0.8, np.repeat(y, 4), 1 - np.repeat(y, 4)).astype(float))
+    assert probes.layer_icc([independent, fits[1]], groups) < 0.2  # rows of a sentence right or wrong independently
+    assert probes.layer_icc([fits[1]], groups) == 1.0  # no layer estimates one: the worst case
 
 
 def test_auroc_interval_is_delong_with_one_row_per_sentence_and_ignores_repeats():

@@ -33,7 +33,7 @@ from statsmodels.stats.proportion import proportion_confint
 
 from .activations import CLEAN, SITES
 from .label_permutations import null_labels
-from .stats import design_effect
+from .stats import design_effect, icc_terms, pooled_icc
 from .vocabulary import PERTURBATIONS, derive_seed
 
 FEATURES = ("linear", "norm", "shuffled")
@@ -160,13 +160,21 @@ def auroc_interval(y: np.ndarray, proba: np.ndarray, groups: np.ndarray) -> tupl
     return max(0.0, auc - 1.96 * se), min(1.0, auc + 1.96 * se)
 
 
-def scores(y: np.ndarray, proba: np.ndarray, groups: np.ndarray) -> dict:
+def layer_icc(fits: list[tuple[np.ndarray, np.ndarray]], groups: np.ndarray) -> float:
+    """The intra-sentence correlation of a probe's correctness pooled over its layers ((labels, probabilities) per
+    layer), for the layers whose own rows estimate none (right on every row): `stats.curve_design_effects`."""
+    terms = np.array([icc_terms((proba > 0.5) == y, groups)[:2] for y, proba in fits])
+    return float(pooled_icc(terms[:, 0].sum(), terms[:, 1].sum()))
+
+
+def scores(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, icc: float = 1.0) -> dict:
     """Accuracy (95% Wilson interval) next to the majority class's share (what always answering the larger class
-    scores), AUROC (95% interval, `auroc_interval`), and the cross-entropy bound I(T;Y) >= H(Y) - CE in bits. Rows of one sentence are not independent: the accuracy's interval uses the
-    effective sample size n / deff, deff the design effect of the rows' correctness by sentence; the AUROC's
-    variance is clustered by sentence."""
+    scores), AUROC (95% interval, `auroc_interval`), and the cross-entropy bound I(T;Y) >= H(Y) - CE in bits.
+    Rows of one sentence are not independent: the accuracy's interval uses the effective sample size n / deff,
+    deff the design effect of the rows' correctness by sentence (`icc`, the intra-sentence correlation, where the
+    rows estimate none: `layer_icc`); the AUROC's variance is clustered by sentence."""
     hits = (proba > 0.5) == y
-    deff = design_effect(hits, groups)
+    deff = design_effect(hits, groups, icc)
     low, high = proportion_confint(hits.sum() / deff, len(y) / deff, alpha=0.05, method="wilson")
     auc_low, auc_high = auroc_interval(y, proba, groups)
     entropy = stats.entropy(np.bincount(y, minlength=2), base=2)
@@ -185,13 +193,17 @@ def run(sites: dict[str, np.ndarray], layers: np.ndarray, sets: list[Dataset], f
         key = derive_seed(seed, "probes", *sorted(dataset.condition.items()))
         shuffled = null_labels(y, dataset.design, 1, key)[:, 0]  # as the design could have drawn them
         for site in dataset.sites:
+            fits = {}  # (layer, features) -> labels, out-of-fold probabilities
             for slot, layer in enumerate(layers):
                 X = sites[site][dataset.rows, slot]
                 inputs = {"linear": (X, y), "norm": (np.linalg.norm(X, axis=1, keepdims=True), y), "shuffled": (X, shuffled)}
                 for features, (values, labels) in inputs.items():
-                    proba = out_of_fold(probe(C), values, labels, groups, folds, key)
-                    out.append({**dataset.condition, "site": site, "layer": int(layer), "features": features,
-                                "n_groups": len(np.unique(groups)), **scores(labels, proba, groups)})
+                    fits[int(layer), features] = labels, out_of_fold(probe(C), values, labels, groups, folds, key)
+            icc = {features: layer_icc([fit for (_, f), fit in fits.items() if f == features], groups)
+                   for features in ("linear", "norm", "shuffled")}
+            for (layer, features), (labels, proba) in fits.items():
+                out.append({**dataset.condition, "site": site, "layer": layer, "features": features,
+                            "n_groups": len(np.unique(groups)), **scores(labels, proba, groups, icc[features])})
     table = pd.DataFrame(out)
     columns = [*CONDITION_COLUMNS, "site", "layer", "features"]
     return table.reindex(columns=[*columns, *[c for c in table if c not in columns]])

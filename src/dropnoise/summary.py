@@ -15,7 +15,7 @@ from __future__ import annotations
 import pandas as pd
 from statsmodels.stats.proportion import proportion_confint
 
-from .stats import design_effect
+from .stats import STRENGTH_COLUMNS, curve_design_effects, icc_terms
 from .vocabulary import RULES
 
 CONDITIONS = {
@@ -36,26 +36,48 @@ def reads(experiment: str):
 
 
 def _accuracy(group: pd.DataFrame) -> pd.Series:
+    """Counts per scoring rule and what the trials say about their intra-sentence correlation (`stats.icc_terms`);
+    the intervals come after, once the curve's pooled correlation is known."""
     n, sentences = len(group), pd.factorize(group["sentence_id"], sort=True)[0]  # once, not per rule
     out = {"n": n, "n_sentences": sentences.max() + 1}
     for rule in RULES:
         correct = group[f"correct_{rule}"].to_numpy(dtype=bool)
-        deff = design_effect(correct, sentences)
-        low, high = proportion_confint(correct.sum() / deff, n / deff, alpha=0.05, method="wilson")
-        out.update({f"accuracy_{rule}": correct.mean(), f"ci_low_{rule}": low, f"ci_high_{rule}": high})
+        num, den, size = icc_terms(correct, sentences)
+        out.update({f"accuracy_{rule}": correct.mean(), f"icc_num_{rule}": num, f"icc_den_{rule}": den})
+    out["cluster_size"] = size
     out["mean_logit_diff"] = group["logit_diff"].mean()
     return pd.Series(out)
 
 
+def _with_bands(part: pd.DataFrame, curve: list[str]) -> pd.DataFrame:
+    """Wilson bands on n / deff per rule, deff from each cell's own intra-sentence correlation or its curve's
+    (`stats.curve_design_effects`, as `stats.condition_tests`)."""
+    for rule in RULES:
+        terms = part[curve].assign(icc_num=part.pop(f"icc_num_{rule}"), icc_den=part.pop(f"icc_den_{rule}"),
+                                   cluster_size=part.cluster_size)
+        deff = curve_design_effects(terms, curve)
+        low, high = proportion_confint(part[f"accuracy_{rule}"] * part.n / deff, part.n / deff, alpha=0.05,
+                                       method="wilson")
+        position = part.columns.get_loc(f"accuracy_{rule}") + 1
+        part.insert(position, f"ci_low_{rule}", low)
+        part.insert(position + 1, f"ci_high_{rule}", high)
+    return part.drop(columns="cluster_size")
+
+
 def summarize(trials: pd.DataFrame, experiment: str) -> pd.DataFrame:
     condition, column = CONDITIONS[experiment]
-    parts = [trials.groupby(condition).apply(_accuracy, include_groups=False).reset_index().assign(subset="all")]
+    curve = [c for c in condition if c not in STRENGTH_COLUMNS]
+
+    def summarized(by: list[str], along: list[str]) -> pd.DataFrame:
+        return _with_bands(trials.groupby(by).apply(_accuracy, include_groups=False).reset_index(), along)
+
+    parts = [summarized(condition, curve).assign(subset="all")]
     if column is not None:
-        by = trials.groupby(condition + [column]).apply(_accuracy, include_groups=False).reset_index()
+        by = summarized(condition + [column], curve + [column])
         parts.append(by.assign(subset=column + "=" + by.pop(column).astype(str)))
     if experiment in POOLED_GRID:
-        curve = [c for c in condition if c not in POOLED_GRID[experiment]]
-        parts.append(trials.groupby(curve).apply(_accuracy, include_groups=False).reset_index().assign(subset="grid"))
+        pooled = [c for c in condition if c not in POOLED_GRID[experiment]]
+        parts.append(summarized(pooled, [c for c in pooled if c != "k"]).assign(subset="grid"))
     table = pd.concat(parts, ignore_index=True)
     table[["n", "n_sentences"]] = table[["n", "n_sentences"]].astype(int)
     return table[[*condition, "subset", *[c for c in table if c not in condition + ["subset"]]]]
