@@ -95,8 +95,28 @@ def test_gpu_requests_become_sbatch_gpus_in_one_task(tmp_path):
         assert srun[:2] == ["srun", "-n1"] and f"--gpus={gpus}" in srun, job["srun"]
     for target in ("results/qwen32b/sentences.csv", "results/qwen32b/prompts/few_shot.jsonl"):
         sbatch = options(jobs[target]["sbatch"])
-        assert not any("gpu" in o for o in sbatch) and "-p" not in sbatch, jobs[target]["sbatch"]
+        assert not any("gpu" in o for o in sbatch) and sbatch[sbatch.index("-p") + 1] == "cpu", jobs[target]["sbatch"]
         assert "--ntasks=1" in sbatch and "--cpus-per-task=1" in sbatch
+
+
+def test_partitions_follow_each_jobs_gpu_request(tmp_path):
+    """partitions.yaml, not a partition per rule: the same inference rule goes to the GPU partition for a GPU model
+    and to the CPU partition for a CPU model (gpus: 0), with CPUs per task then (no GPU to count CPUs per); a GPU
+    request larger than any partition's max_gpu gets no partition of the file (the cluster's default)."""
+    overlay = tmp_path / "models.yaml"
+    overlay.write_text(yaml.safe_dump({"models": {
+        "wide": {"kind": "hf", "repo_id": "org/wide", "revision": "0" * 40, "gpus": 16}}}))
+    models = ("qwen14b", "smollm2-135m", "wide")
+    table = "results/qwen14b/localization.summary.csv"  # a table job, its memory from its input's size
+    jobs = render(tmp_path, "profiles/slurm", [SHARD.format(model=m) for m in models] + [table],
+                  cli=["--configfile", "config.yaml", str(overlay)])
+    partitions = yaml.safe_load((PROFILE / "partitions.yaml").read_text())["partitions"]
+    assert partitions["gpu"]["max_gpu"] < 16 and "max_gpu" not in partitions["cpu"]
+    gpu, cpu, wide = (options(jobs[SHARD.format(model=m)]["sbatch"]) for m in models)
+    assert gpu[gpu.index("-p") + 1] == "gpu" and "--gpus=1" in gpu
+    assert cpu[cpu.index("-p") + 1] == "cpu" and not any("gpu" in o for o in cpu) and "--cpus-per-task=4" in cpu
+    assert "-p" not in wide and "--gpus=16" in wide
+    assert jobs[table]["resources"]["mem_mb"] == "<TBD>" and "-p <TBD>" in jobs[table]["sbatch"]  # not yet known
 
 
 def test_probes_and_mutual_information_are_cpu_jobs_sized_from_their_inputs(tmp_path):
@@ -128,7 +148,7 @@ def test_every_gpu_rule_goes_to_the_gpu_partition_both_ways(tmp_path):
     blocks = gres["set-resources"]
     gpu_rules = [rule for rule, block in blocks.items() if block == blocks["perturbed_inference"]]  # the anchor's
     assert set(targets) < set(gpu_rules)
-    gres["default-resources"]["slurm_partition"] = "cpu"
+    gres["slurm-partition-config"] = str(PROFILE / "partitions.yaml")  # the copy in tmp_path is not beside it
     blocks.update(dict.fromkeys(gpu_rules, gres_alternative()["perturbed_inference"]))  # the anchor, swapped
     (tmp_path / "gres.yaml").write_text(yaml.safe_dump(gres))
     (tmp_path / "gres_config.yaml").write_text("inference: {gpu_request: gres}\n")
@@ -149,6 +169,7 @@ def test_gres_alternative_renders_gres_instead_of_gpus(tmp_path, gres_type):
     --gres=gpu[:type]:N; a CPU model (gpus: 0) asks no GPU at all."""
     profile = yaml.safe_load((PROFILE / "profile.yaml").read_text())
     profile["set-resources"].update(gres_alternative())
+    profile["slurm-partition-config"] = str(PROFILE / "partitions.yaml")
     path = tmp_path / "gres-profile.yaml"
     path.write_text(yaml.safe_dump(profile))
     inference = {"gpu_request": "gres", **({"gres_type": gres_type} if gres_type else {})}
@@ -168,7 +189,7 @@ def test_gres_alternative_renders_gres_instead_of_gpus(tmp_path, gres_type):
             assert not any(o.startswith("--ntasks") for o in sbatch), job["sbatch"]
         else:
             assert not any(o.startswith("--gres") for o in sbatch), job["sbatch"]
-        assert "--cpus-per-task=8" in sbatch and sbatch[sbatch.index("-p") + 1] == "gpu"
+        assert "--cpus-per-task=8" in sbatch and sbatch[sbatch.index("-p") + 1] == ("gpu" if gpus else "cpu")
         # the jobstep's srun asks for no GPU count, so the step gets all the job's GRES (srun's default)
         assert "--gpus" not in job["srun"], job["srun"]
 
@@ -186,6 +207,8 @@ def test_test_profile_mirrors_the_cluster_profile():
     assert test["executor"] == cluster["executor"] == "slurm"
     assert set(test["set-resources"]) == set(cluster["set-resources"])
     assert test["set-resources"]["perturbed_inference"]["gpu"] == 0 and "slurm_partition" not in str(test)
+    assert cluster["slurm-partition-config"] == test["slurm-partition-config"] == "partitions.yaml"
+    assert (PROFILE / "partitions.yaml").exists() and (TEST_PROFILE / "partitions.yaml").exists()
     assert test["slurm-status-command"] == "squeue" and test["slurm-no-account"] is True
 
 
@@ -257,6 +280,8 @@ def test_tiny_preset_through_slurm_matches_local_run(slurm_cluster, tmp_path):
     rules = Counter(re.search(r"--comment '?rule_(\w+?)(?:_wildcards[^'\s]*)?['\s]", c).group(1) for c in calls)
     assert len(submitted) == 13 and rules == {"sentences": 1, "prompt_set": 2, "perturbed_inference": 3, "aggregate": 2,
                                               "summarize": 2, "stats_table": 2, "equivalence_map": 1}, (rules, log[-3000:])
+    # the partition is the plugin's choice from the test profile's partitions.yaml (its one partition)
+    assert all(re.search(r" -p '?debug'? ", c) for c in calls), calls[:1]
     # each job re-runs Snakemake inside its allocation with this very Python (the venv), not whatever is on PATH
     assert all(f"{sys.executable} -m snakemake" in c for c in calls), calls[:1]
     # a table job asks for table_mem_mb's floor (its tables are small here), not the inference jobs' memory

@@ -6,7 +6,8 @@ Loads PROFILE the way `snakemake --workflow-profile PROFILE` does (Snakemake's o
 --set-resources/--default-resources/--set-threads), builds the DAG for the TARGET files with those settings, lets
 Snakemake evaluate each job's resources (rule functions, `attempt`, profile expressions over wildcards), and renders
 them with the plugin's own code: `submit_string.get_submit_command` + `utils.set_gres_string` (the sbatch call; the
-account is left out: resolving it asks sacctmgr) and the jobstep plugin's `srun` options (what runs inside the
+account is left out: resolving it asks sacctmgr; the partition is the plugin's choice from the profile's
+`slurm-partition-config`, `<TBD>` for a job whose resources depend on inputs not yet written) and the jobstep plugin's `srun` options (what runs inside the
 allocation). Prints (or writes to --out) JSON: {target: {"rule", "resources", "threads", "sbatch", "srun", "local"}} ("local":
 a localrule, which runs on the submit host and is never submitted).
 Run it from the workflow's root. Extra Snakemake arguments (e.g. `--configfile x.yaml`, `--profile p`) go after --cli.
@@ -21,12 +22,19 @@ from pathlib import Path
 from types import SimpleNamespace
 
 
+# the resources the plugin's partition selection weighs (partitions.Partition.score_job_fit)
+SCORED = ("mem_mb", "mem_mb_per_cpu", "runtime", "nodes", "tasks", "tasks_per_node", "mpi_tasks", "gpu", "gres",
+          "cpus_per_task", "cpus_per_gpu")
+
+
 def render(profile: str, targets: list[str], cli: list[str]) -> dict:
     from snakemake.api import SnakemakeApi
     from snakemake.cli import parse_args
+    from snakemake.common.tbdstring import TBDString
     from snakemake.settings.enums import Quietness
     from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, ResourceSettings
     from snakemake_executor_plugin_slurm import Executor
+    from snakemake_executor_plugin_slurm.partitions import read_partition_file
     from snakemake_executor_plugin_slurm.submit_string import get_submit_command
     from snakemake_executor_plugin_slurm.utils import set_gres_string
     from snakemake_executor_plugin_slurm_jobstep import get_cpu_setting, get_gpu_setting, get_node_setting
@@ -56,13 +64,19 @@ def render(profile: str, targets: list[str], cli: list[str]) -> dict:
         workflow = workflow_api._workflow
         workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True, nolock=True)
         workflow._build_dag()
-        stub_executor = SimpleNamespace(_partitions=None, _fallback_partition=None, logger=logging.getLogger(__name__))
+        # the profile's partitions (slurm-partition-config) as the plugin reads them; a job without a partition would
+        # go to the cluster's default, which only sinfo knows: no -p here
+        partitions = getattr(args, "slurm_partition_config", None)
+        stub_executor = SimpleNamespace(_partitions=read_partition_file(partitions) if partitions else None,
+                                        _fallback_partition="", logger=logging.getLogger(__name__))
         for job in workflow.dag.jobs:
             produced = [str(f) for f in job.output]
             target = next((t for t in targets if t in produced), None)
             if target is None:
                 continue
-            partition = Executor.get_partition_arg(stub_executor, job) if job.resources.get("slurm_partition") else ""
+            # a resource from input sizes is unknown before its inputs exist: so is the partition it fits
+            unknown = any(isinstance(job.resources.get(name), TBDString) for name in SCORED)
+            partition = " -p <TBD>" if unknown and stub_executor._partitions else Executor.get_partition_arg(stub_executor, job)
             params = {
                 "run_uuid": "RUN_UUID",
                 "slurm_logfile": ".snakemake/slurm_logs/%j.log",
