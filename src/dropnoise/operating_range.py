@@ -7,7 +7,9 @@ Its numeric rule is not published; ours, per perturbation (pooled "all" rows of 
 - lower = the weakest strength > 0 from which localization accuracy (primary rule) is above chance (0.5, the
   design's: the target position is random) at that strength and every stronger one tried, by one-sided exact
   binomial tests at level `alpha`, Bonferroni-corrected over the strengths tried (so a clean pass that happens to
-  sit at 0.51, repeated at every tiny strength, is not "detected");
+  sit at 0.51, repeated at every tiny strength, is not "detected"). The perturbed sentence's position is drawn per
+  trial, so where nothing is detected every trial is right with probability 1/2 whatever its sentence: the test is
+  exact without clustering trials by sentence;
 - upper = the strongest strength such that topic-control accuracy is >= `threshold` at it and at every weaker one.
 
 Fallbacks, recorded in the grid's `notes` rather than guessed silently: no detected range -> lower = the weakest

@@ -58,7 +58,10 @@ Tables (each a function below; columns in order):
     a model that always answers "dropout" has recall 1 in every dropout cell of `condition_tests`; here it scores
     balanced accuracy 1/2. Test: Fisher's exact test of said-"dropout" against the true class (two-sided), i.e.
     balanced accuracy = 1/2 (said "dropout": the answer is the dropout option's letter; answers that are neither
-    option, possible under the argmax rule, are left out and counted in n_no_option). Per alias (rank = "all"):
+    option, possible under the argmax rule, are left out and counted in n_no_option). It needs no clustering by
+    sentence: a trial's class is drawn independently of its sentence, so under the null the class labels are
+    exchangeable across trials however often a sentence recurs (a simulation with answers that depend on the
+    sentence only, 40 sentences, 100 trials per class: 3.0 to 3.7% of Fisher's tests below 0.05). Per alias (rank = "all"):
     logit P(said "dropout") = b0 + b1 * [dropout] + rank effects, standard errors clustered by sentence; where it has
     no estimable odds ratio (every trial named its class: separation; or the model gave one answer throughout), a
     Mann-Whitney U test of the sentences' shares of "dropout" answers, dropout-class sentences against noise-class
