@@ -254,9 +254,41 @@ def test_datasets_pair_conditions_with_their_clean_rows_and_keep_strength_zero_a
     assert sorted(baseline.rows[baseline.labels == 1]) == sorted(baseline.rows[baseline.labels == 0])
     matched = sets[("dropout_vs_noise", 1, "matched")]
     assert set(matched.rows[matched.labels == 0]) == set(range(8, 16)) and set(matched.rows[matched.labels == 1]) == set(range(16, 24))
+    three = sets[("none_dropout_noise", 1, "matched")]  # the clean rows of the same trials, then each perturbation
+    assert [set(three.rows[three.labels == k]) for k in range(3)] == [set(range(8)), set(range(8, 16)), set(range(16, 24))]
+    assert ("none_dropout_noise", 0, "matched") not in sets  # rank 0 is the clean pass twice: nothing to tell apart
     which = sets[("which_sentence", 1, "noise")]
     assert (which.labels == (meta.target.to_numpy()[which.rows] == "B")).all()
     assert all(len(np.unique(d.groups)) == 4 for d in sets.values())
+
+
+def test_three_class_probe_tells_none_dropout_and_noise_apart():
+    """Clean rows, a dropout shift and a noise shift in two different directions: the multinomial probe names all
+    three (one-vs-rest AUROC near 1, chance = the majority share 1/3, the bound at most log2 3 bits); with labels
+    shuffled it stays near 1/3; mutual information, whose label kernel takes two classes, leaves the set out."""
+    rng = np.random.default_rng(2)
+    n, d = 180, 20
+    y = np.tile([0, 1, 2], n // 3)
+    directions = np.zeros((3, d))
+    directions[1, 0], directions[2, 1] = 4.0, 4.0
+    X = rng.normal(size=(n, d)) + directions[y]
+    groups = np.repeat(np.arange(n // 3), 3).astype(str)  # a trial's clean, dropout and noise rows: one sentence
+    proba = probes.out_of_fold(probes.probe(1.0), X, y, groups, folds=5, seed=1)
+    assert proba.shape == (n, 3) and np.allclose(proba.sum(1), 1)
+    result = probes.scores(y, proba, groups)
+    assert result["accuracy"] > 0.9 and result["auroc"] > 0.95 and np.isnan(result["auroc_low"])
+    assert result["majority_accuracy"] == pytest.approx(1 / 3)
+    assert 1 < result["mi_lower_bound_bits"] <= result["label_entropy_bits"] == pytest.approx(np.log2(3))
+    shuffled = rng.permutation(y)
+    chance = probes.scores(shuffled, probes.out_of_fold(probes.probe(1.0), X, shuffled, groups, 5, 1), groups)
+    assert chance["accuracy_low"] < 1 / 3 < chance["accuracy_high"] and chance["mi_lower_bound_bits"] < 0.1
+    dataset = probes.Dataset({"experiment": "localization", "task": "none_dropout_noise", "perturbation": "matched",
+                              "level": 1, "dropout_strength": 0.5, "noise_strength": 2.0}, np.arange(n), y, groups,
+                             np.stack([groups, groups], axis=1), sites=("answer",))
+    acts = np.stack([rng.normal(size=(n, d)), X], axis=1)
+    table = probes.run({"answer": acts}, np.array([0, 1]), [dataset], folds=3, C=1.0, seed=0)
+    assert table.set_index(["layer", "features"]).loc[(1, "linear"), "accuracy"] > 0.9
+    assert mi.run({"answer": acts}, np.array([0, 1]), [dataset], [4.0], 10, 1e-5, 0).empty
 
 
 def test_probe_table_on_planted_layers_and_represented_vs_reported():

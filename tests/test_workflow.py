@@ -288,7 +288,9 @@ def check_probing_outputs(work, model, preset):
     shards = sorted((work / f"results/{model}/shards/localization").glob("*.activations.npz"))
     assert len(shards) == loc["shards"]
     probes = pd.read_csv(work / f"results/{model}/probes.csv")
-    assert set(probes.task) == {"perturbed", "which_sentence", "dropout_vs_noise"}
+    assert set(probes.task) == {"perturbed", "which_sentence", "dropout_vs_noise", "none_dropout_noise"}
+    three = probes[probes.task == "none_dropout_noise"]  # at the ranks where both strengths are above 0
+    assert (three.dropout_strength > 0).all() and (three.noise_strength > 0).all() and three.auroc_low.isna().all()
     assert set(probes.site) == {"answer", "span_mean", "span_last"} and set(probes.features) == {"linear", "norm", "shuffled"}
     assert set(probes.site[probes.task == "which_sentence"]) == {"answer"}  # a span's position would be its label
     assert set(probes.layer) == {0, 1}  # the tiny models' two layers
@@ -299,6 +301,7 @@ def check_probing_outputs(work, model, preset):
     mi = pd.read_csv(work / f"results/{model}/mutual_information.csv")
     assert {"nhsic_tx", "nhsic_ty", "nhsic_ty_null_mean", "nhsic_ty_p", "probe_bound_bits"} <= set(mi.columns)
     assert mi.probe_bound_bits.notna().all() and (mi.nhsic_ty_p_adjusted >= mi.nhsic_ty_p).all()
+    assert "none_dropout_noise" not in set(mi.task)  # the two-class label kernel
     assert (work / f"results/{model}/represented_vs_reported.csv").exists()
     check_steering(work, model, preset)
     for figure in ("probes_accuracy", "probes_represented_vs_reported", "mi_layers", "steering_dose_response"):

@@ -89,11 +89,12 @@ def run(sites: dict[str, np.ndarray], layers: np.ndarray, sets: list[Dataset], b
         permutations: int, epsilon: float, seed: int) -> pd.DataFrame:
     """nHSIC(T_l; X) with X = the first captured layer (layer 0, the reference's input proxy) and nHSIC(T_l; Y),
     per set, site, layer and bandwidth, with the permutation null of the latter (the same label draws for every
-    site, layer and bandwidth of a set)."""
+    site, layer and bandwidth of a set). Binary sets only (`label_nhsic`): the three-class none / dropout / noise set
+    has its probe's bound in probes.csv."""
     if layers[0] != 0:
         raise ValueError("mutual information needs layer 0 among the captured layers (its input proxy)")
     out = []
-    for dataset in sets:
+    for dataset in [d for d in sets if d.labels.max() == 1]:
         key = derive_seed(seed, "nhsic", *sorted(dataset.condition.items()))
         null_y = null_labels(dataset.labels, dataset.design, permutations, key)
         rows, observed, nulls = [], [], []

@@ -11,7 +11,8 @@ import pandas as pd
 from . import style
 
 SITE_TITLES = {"answer": "answer position", "span_mean": "span mean", "span_last": "last span token"}
-TASK_TITLES = {"perturbed": "perturbed vs clean", "which_sentence": "which sentence", "dropout_vs_noise": "dropout vs noise"}
+TASK_TITLES = {"perturbed": "perturbed vs clean", "which_sentence": "which sentence", "dropout_vs_noise": "dropout vs noise",
+               "none_dropout_noise": "none/dropout/noise"}
 COLORMAPS = {"dropout": "Blues", "noise": "Oranges", "matched": "Greens"}
 
 
@@ -23,7 +24,8 @@ def _panels(table: pd.DataFrame) -> list[tuple]:
 
 
 def _row_title(experiment: str, task: str, perturbation: str) -> str:
-    return f"{experiment}\n{TASK_TITLES[task]} ({perturbation})"
+    """The row's experiment and label; the perturbation where the label is about one (matched strengths: in the legend)."""
+    return f"{experiment}\n{TASK_TITLES[task]}" + ("" if perturbation == "matched" else f" ({perturbation})")
 
 
 def _label(row) -> str:
@@ -42,7 +44,8 @@ def _by_level(frame: pd.DataFrame, perturbation: str, x: str = "layer"):
 
 
 def probes_accuracy(table: pd.DataFrame, stem) -> None:
-    """Accuracy against layer, one line per strength (dotted: the norm-only probe; grey: shuffled labels)."""
+    """Accuracy against layer, one line per strength (dotted: the norm-only probe; grey: shuffled labels; dashed:
+    the majority class's share, chance for the set)."""
     panels = _panels(table)
     sites = [s for s in SITE_TITLES if s in set(table.site)]
     fig, axes = style.figure(ncols=len(sites), nrows=len(panels), width=style.FULL_WIDTH, height=1.5 * len(panels),
@@ -59,8 +62,8 @@ def probes_accuracy(table: pd.DataFrame, stem) -> None:
                 ax.plot(norm.layer, norm.accuracy, color=colour, lw=0.8, ls=":")
             shuffled = here[here.features == "shuffled"].groupby("layer").accuracy.mean()
             ax.plot(shuffled.index, shuffled.to_numpy(), color="0.6", lw=0.8, label="shuffled labels")
-            ax.axhline(0.5, **style.CHANCE_STYLE)
-            ax.set_ylim(0.3, 1.02)
+            ax.axhline(here.majority_accuracy.mean() if len(here) else 0.5, **style.CHANCE_STYLE)
+            ax.set_ylim(0.25, 1.02)
             if r == 0:
                 ax.set_title(SITE_TITLES[site])
             if c == 0:

@@ -5,7 +5,11 @@ Labelled sets per experiment and condition (`datasets`):
 - ``perturbed``: rows at one (perturbation, strength) against the clean rows of the same trials;
 - ``which_sentence`` (localization): which of the two sentences was perturbed;
 - ``dropout_vs_noise``: dropout rows against noise rows at the same rank of their grids (zero-shot grids are
-  matched by rank, as the paper's are); rank 0 is the clean pass for both when the grids start at 0.
+  matched by rank, as the paper's are); rank 0 is the clean pass for both when the grids start at 0;
+- ``none_dropout_noise`` (three classes, the methods' none / dropout / noise probe): those two against the clean
+  rows of the same trials, at every rank where both strengths are above 0 and the clean pass was captured (the
+  localization grids; zero-shot grids that start above 0 have no clean rows). One probe that must tell whether
+  and how the activations were perturbed; its AUROC is the macro one-vs-rest, without an interval.
 Strength 0 is kept everywhere as the baseline where nothing can be decoded. Each set is probed at every captured
 layer and at its sites (``which_sentence`` at the answer position only: the span sites read the perturbed sentence's
 own tokens, so there the label is also the span's position, decodable with nothing perturbed) with a scikit-learn
@@ -112,7 +116,14 @@ def datasets(meta: pd.DataFrame, experiment: str, letters: tuple[str, str] = ("A
         condition = {"experiment": experiment, "task": "dropout_vs_noise", "perturbation": "matched", "level": level,
                      "dropout_strength": dropout, "noise_strength": noise}
         found.append(_make(condition, [(_at(meta, "dropout", dropout), 0), (_at(meta, "noise", noise), 1)]))
-    return [d for d in found if len(np.unique(d.labels)) == 2 and len(np.unique(d.groups)) >= 2]
+        if len(clean) and dropout > 0 and noise > 0:
+            perturbed = [_at(meta, "dropout", dropout), _at(meta, "noise", noise)]
+            trials = pd.concat(perturbed).trial_id
+            found.append(_make({**condition, "task": "none_dropout_noise"},
+                               [(clean[clean.trial_id.isin(trials)], 0), (perturbed[0], 1), (perturbed[1], 2)]))
+    classes = {"none_dropout_noise": 3}
+    return [d for d in found
+            if len(np.unique(d.labels)) == classes.get(d.condition["task"], 2) and len(np.unique(d.groups)) >= 2]
 
 
 def probe(C: float) -> object:
@@ -120,18 +131,24 @@ def probe(C: float) -> object:
 
 
 def out_of_fold(estimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """P(y = 1) for every row from a model fitted on the other folds (folds grouped by sentence). Tiny sets get fewer
-    folds (no more than sentences, nor than the larger class has rows), and a training fold with one class only
-    predicts its class prior."""
+    """P(y = 1) for every row from a model fitted on the other folds (folds grouped by sentence); with labels
+    0..K-1, K > 2, [rows, K] class probabilities (a class a training fold lacks gets 0). Tiny sets get fewer folds
+    (no more than sentences, nor than the larger class has rows), and a training fold with one class only predicts
+    its class prior."""
     splits = max(2, min(folds, len(np.unique(groups)), np.bincount(y).max()))
     cv = StratifiedGroupKFold(n_splits=splits, shuffle=True, random_state=seed % 2**32)
-    proba = np.empty(len(y))
+    classes = y.max() + 1
+    proba = np.zeros((len(y), classes))
     for train, test in cv.split(X, y, groups):
-        model = estimator if len(np.unique(y[train])) == 2 else DummyClassifier(strategy="prior")
+        model = estimator if len(np.unique(y[train])) > 1 else DummyClassifier(strategy="prior")
         fitted = clone(model).fit(X[train], y[train])
-        classes = list(fitted.classes_)
-        proba[test] = fitted.predict_proba(X[test])[:, classes.index(1)] if 1 in classes else 0.0
-    return proba
+        proba[np.ix_(test, fitted.classes_)] = fitted.predict_proba(X[test])
+    return proba[:, 1] if classes == 2 else proba
+
+
+def correct(y: np.ndarray, proba: np.ndarray) -> np.ndarray:
+    """Whether each row's most probable class is its label (P(y = 1) > 1/2 for two classes)."""
+    return (proba > 0.5) == y if proba.ndim == 1 else proba.argmax(1) == y
 
 
 def auroc_interval(y: np.ndarray, proba: np.ndarray, groups: np.ndarray) -> tuple[float, float]:
@@ -163,7 +180,7 @@ def auroc_interval(y: np.ndarray, proba: np.ndarray, groups: np.ndarray) -> tupl
 def layer_icc(fits: list[tuple[np.ndarray, np.ndarray]], groups: np.ndarray) -> float:
     """The intra-sentence correlation of a probe's correctness pooled over its layers ((labels, probabilities) per
     layer), for the layers whose own rows estimate none (right on every row): `stats.curve_design_effects`."""
-    terms = np.array([icc_terms((proba > 0.5) == y, groups)[:2] for y, proba in fits])
+    terms = np.array([icc_terms(correct(y, proba), groups)[:2] for y, proba in fits])
     return float(pooled_icc(terms[:, 0].sum(), terms[:, 1].sum()))
 
 
@@ -172,15 +189,22 @@ def scores(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, icc: float = 1.
     scores), AUROC (95% interval, `auroc_interval`), and the cross-entropy bound I(T;Y) >= H(Y) - CE in bits.
     Rows of one sentence are not independent: the accuracy's interval uses the effective sample size n / deff,
     deff the design effect of the rows' correctness by sentence (`icc`, the intra-sentence correlation, where the
-    rows estimate none: `layer_icc`); the AUROC's variance is clustered by sentence."""
-    hits = (proba > 0.5) == y
+    rows estimate none: `layer_icc`); the AUROC's variance is clustered by sentence. Three or more classes (proba
+    [rows, K]): accuracy of the most probable class, the macro one-vs-rest AUROC without an interval."""
+    hits = correct(y, proba)
     deff = design_effect(hits, groups, icc)
     low, high = proportion_confint(hits.sum() / deff, len(y) / deff, alpha=0.05, method="wilson")
-    auc_low, auc_high = auroc_interval(y, proba, groups)
-    entropy = stats.entropy(np.bincount(y, minlength=2), base=2)
-    cross_entropy = log_loss(y, np.clip(proba, 1e-6, 1 - 1e-6), labels=[0, 1]) / np.log(2)
+    counts = np.bincount(y, minlength=2)
+    if proba.ndim == 1:
+        auroc, (auc_low, auc_high) = roc_auc_score(y, proba), auroc_interval(y, proba, groups)
+        clipped = np.clip(proba, 1e-6, 1 - 1e-6)
+    else:
+        auroc, auc_low, auc_high = roc_auc_score(y, proba, multi_class="ovr", average="macro"), np.nan, np.nan
+        clipped = np.clip(proba, 1e-6, None) / np.clip(proba, 1e-6, None).sum(1, keepdims=True)
+    entropy = stats.entropy(counts, base=2)
+    cross_entropy = log_loss(y, clipped, labels=np.arange(len(counts))) / np.log(2)
     return {"n": len(y), "design_effect": deff, "accuracy": hits.mean(), "accuracy_low": low, "accuracy_high": high,
-            "majority_accuracy": np.bincount(y, minlength=2).max() / len(y), "auroc": roc_auc_score(y, proba), "auroc_low": auc_low, "auroc_high": auc_high,
+            "majority_accuracy": counts.max() / len(y), "auroc": auroc, "auroc_low": auc_low, "auroc_high": auc_high,
             "label_entropy_bits": entropy, "cross_entropy_bits": cross_entropy,
             "mi_lower_bound_bits": entropy - cross_entropy}
 
