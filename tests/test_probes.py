@@ -79,6 +79,7 @@ def test_probe_intervals_widen_by_the_design_effect_of_repeated_sentences():
     assert probes.layer_icc(fits, groups) == pytest.approx(1.0)  # the 80% layer's sentences agree on all 4 rows
     independent = (np.repeat(y, 4), np.where(rng.random(240) < 0.8, np.repeat(y, 4), 1 - np.repeat(y, 4)).astype(float))
     assert probes.layer_icc([independent, fits[1]], groups) < 0.2  # rows of a sentence right or wrong independently
+    assert probes.layer_icc([independent, *fits], groups) == pytest.approx(1.0)  # the largest, not a pool
     assert probes.layer_icc([fits[1]], groups) == 1.0  # no layer estimates one: the worst case
 
 

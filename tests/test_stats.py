@@ -96,32 +96,40 @@ def test_summary_bands_are_the_condition_tests_intervals():
 
 
 def test_a_cell_right_on_every_trial_takes_its_curves_intra_sentence_correlation():
-    """80 sentences, 12 trials each per cell (the topic control's design), sentences differing in how easy they are.
-    A cell right on every trial says nothing about the correlation of a sentence's trials; it takes the one pooled
-    over its curve's other cells, not the worst case (12, every sentence's trials always agreeing), which stays
-    only for a curve none of whose cells estimates one. The summary's bands are the same intervals."""
+    """80 sentences, 12 trials each per cell (the topic control's design). A cell right on every trial says nothing
+    about the correlation of a sentence's trials; it takes the largest of its curve's other cells, not the worst
+    case (12, every sentence's trials always agreeing), which stays only for a curve none of whose cells estimates
+    one, and not a pool: at strength 0 the target position, drawn per trial, makes every trial right with
+    probability 1/2 whatever its sentence (correlation about 0), while from 0.75 on the sentence decides detection
+    (correlation 1/5). The summary's bands are the same intervals."""
     rng = np.random.default_rng(12)
     sentences = np.repeat(np.arange(80), 12)
     rows = []
-    for kind, accuracies in (("dropout", (0.6, 0.75, 0.9, 1.0)), ("noise", (1.0, 1.0))):
+    for kind, accuracies in (("dropout", (0.5, 0.75, 0.9, 1.0)), ("noise", (1.0, 1.0))):
         for strength, accuracy in enumerate(accuracies):
-            easy = rng.beta(4 * accuracy, 4 * (1 - accuracy), 80) if accuracy < 1 else np.ones(80)  # correlation 1/5
+            if accuracy in (0.5, 1.0):  # chance by the drawn target; or always right
+                easy = np.full(80, accuracy)
+            else:
+                easy = rng.beta(4 * accuracy, 4 * (1 - accuracy), 80)  # correlation 1/(4 + 1)
             correct = rng.random(len(sentences)) < easy[sentences]
             rows.append(pd.DataFrame({"model": "m", "experiment": "localization", "perturbation": kind,
-                                      "strength": float(strength), "sentence_id": sentences.astype(str), "sentence_tokens": 7,
-                                      "logit_diff": 0.0, **{f"correct_{r}": correct for r in stats.RULES}}))
+                                      "strength": float(strength), "sentence_id": sentences.astype(str),
+                                      "sentence_tokens": 7, "logit_diff": 0.0,
+                                      **{f"correct_{r}": correct for r in stats.RULES}}))
     trials = pd.concat(rows, ignore_index=True)
     tests = stats.condition_tests(trials, "localization").query("rule == 'primary'").set_index(["perturbation", "strength"])
     dropout = trials[trials.perturbation == "dropout"]
     terms = [stats.icc_terms(cell.correct_primary.to_numpy(), cell.sentence_id.to_numpy())
              for _, cell in dropout.groupby("strength")]
-    rho = sum(t[0] for t in terms) / sum(t[1] for t in terms)
-    assert 0.1 < rho < 0.35 and terms[3][:2] == (0.0, 0.0)
-    assert tests.loc[("dropout", 3.0), "design_effect"] == pytest.approx(1 + 11 * rho)
+    own = [num / den for num, den, _ in terms[:3]]
+    assert abs(own[0]) < 0.05 and min(own[1:]) > 0.1 and terms[3][:2] == (0.0, 0.0)
+    assert tests.loc[("dropout", 3.0), "design_effect"] == pytest.approx(1 + 11 * max(own))
+    pooled = sum(t[0] for t in terms) / sum(t[1] for t in terms)  # what a pool would give: pulled down by chance
+    assert pooled < max(own) - 0.05
     for strength, (_, cell) in enumerate(dropout.groupby("strength")):
         if strength < 3:  # a cell with its own estimate keeps it
-            own = stats.design_effect(cell.correct_primary.to_numpy(), cell.sentence_id.to_numpy())
-            assert tests.loc[("dropout", float(strength)), "design_effect"] == pytest.approx(own)
+            mine = stats.design_effect(cell.correct_primary.to_numpy(), cell.sentence_id.to_numpy())
+            assert tests.loc[("dropout", float(strength)), "design_effect"] == pytest.approx(mine)
     assert (tests.loc["noise", "design_effect"] == 12).all()
     worst = proportion_confint(80, 80, method="wilson")[0]
     assert tests.loc[("dropout", 3.0), "wilson_low"] > worst + 0.02
@@ -129,6 +137,7 @@ def test_a_cell_right_on_every_trial_takes_its_curves_intra_sentence_correlation
     bands = summary.summarize(trials, "localization").query("subset == 'all'").set_index(["perturbation", "strength"])
     assert bands.ci_low_primary.to_numpy() == pytest.approx(tests.loc[bands.index, "wilson_low"].to_numpy())
     assert bands.ci_high_primary.to_numpy() == pytest.approx(tests.loc[bands.index, "wilson_high"].to_numpy())
+    assert stats.borrowed_icc([np.nan, -0.2]) == 0 and stats.borrowed_icc([np.nan]) == 1
 
 
 def test_condition_tests_hold_their_size_when_sentences_repeat():

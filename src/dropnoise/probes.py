@@ -37,7 +37,7 @@ from statsmodels.stats.proportion import proportion_confint
 
 from .activations import CLEAN, SITES
 from .label_permutations import null_labels
-from .stats import design_effect, icc_terms, pooled_icc
+from .stats import borrowed_icc, design_effect, icc_terms
 from .vocabulary import PERTURBATIONS, derive_seed
 
 FEATURES = ("linear", "norm", "shuffled")
@@ -46,7 +46,7 @@ CONDITION_COLUMNS = ("experiment", "task", "perturbation", "strength", "level", 
 
 @dataclass(frozen=True)
 class Dataset:
-    """One labelled set: rows of the activation arrays, binary labels, groups (sentences), each row's trial and base
+    """One labelled set: rows of the activation arrays, labels (0/1, or 0..K-1), groups (sentences), each row's trial and base
     trial ([rows, 2], the finer units of the design), its condition and the sites where the labels mean what they
     say."""
 
@@ -178,10 +178,10 @@ def auroc_interval(y: np.ndarray, proba: np.ndarray, groups: np.ndarray) -> tupl
 
 
 def layer_icc(fits: list[tuple[np.ndarray, np.ndarray]], groups: np.ndarray) -> float:
-    """The intra-sentence correlation of a probe's correctness pooled over its layers ((labels, probabilities) per
-    layer), for the layers whose own rows estimate none (right on every row): `stats.curve_design_effects`."""
-    terms = np.array([icc_terms(correct(y, proba), groups)[:2] for y, proba in fits])
-    return float(pooled_icc(terms[:, 0].sum(), terms[:, 1].sum()))
+    """The intra-sentence correlation of a probe's correctness for its layers whose rows estimate none (right on
+    every row), from its layers' estimates ((labels, probabilities) per layer): `stats.borrowed_icc`."""
+    terms = [icc_terms(correct(y, proba), groups) for y, proba in fits]
+    return borrowed_icc([num / den if den else np.nan for num, den, _ in terms])
 
 
 def scores(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, icc: float = 1.0) -> dict:

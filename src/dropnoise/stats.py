@@ -15,7 +15,8 @@ Tables (each a function below; columns in order):
     independent. The intervals use the counts divided by the design effect of the trials' correctness by sentence
     (Kish's, from the cluster-robust variance at the observed accuracy: an effective sample size as Korn & Graubard,
     without their degrees-of-freedom factor; at accuracy 0 or 1, where the trials say nothing about how much a
-    sentence's trials agree, from the intra-sentence correlation pooled over the curve: `curve_design_effects`), the test the counts divided by the design effect at the null
+    sentence's trials agree, from the largest intra-sentence correlation of the curve's other cells, or the worst
+    case where none has one: `curve_design_effects`), the test the counts divided by the design effect at the null
     (`null_design_effect`, defined when every trial agrees). Both are 1 when no sentence recurs, where this is
     scipy's binomtest and the usual intervals.
     Columns: model, experiment, family, <condition columns>, rule, n, correct, accuracy, n_sentences, design_effect,
@@ -160,23 +161,27 @@ def design_effect(correct: np.ndarray, groups: np.ndarray, icc: float = 1.0) -> 
 
 def curve_design_effects(terms: pd.DataFrame, curve: list[str]) -> np.ndarray:
     """The design effect of each cell of a table of `icc_terms` (columns icc_num, icc_den, cluster_size): from the
-    cell's own intra-sentence correlation, or where it has none (accuracy 0 or 1, one sentence) from the one pooled
-    over its curve (the cells sharing `curve`: sum of numerators over sum of denominators, within [0, 1]), or 1
-    where no cell of the curve has one. Without the pooling a cell right on every trial took the worst case,
-    clusters that always agree, and got a wider interval than the same cell with one trial wrong (the control's
-    1000 trials over 80 sentences: lower bound 0.951 at 1000/1000, 0.994 at 999/1000)."""
-    totals = terms.groupby(curve, dropna=False)[["icc_num", "icc_den"]].transform("sum")
-    pooled = pooled_icc(totals.icc_num, totals.icc_den)
+    cell's own intra-sentence correlation, or where it has none (accuracy 0 or 1, one sentence) from its curve's
+    (the cells sharing `curve`; `borrowed_icc`). Without it a cell right on every trial took the worst case,
+    clusters that always agree, and got a far wider interval than the same cell with one trial wrong (the control's
+    1000 trials over 80 sentences: lower bound 0.954 at 1000/1000, 0.994 at 999/1000)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        rho = np.where(terms.icc_den > 0, terms.icc_num / terms.icc_den, pooled)
+        own = np.where(terms.icc_den > 0, terms.icc_num / terms.icc_den, np.nan)
+    borrowed = terms[curve].assign(own=own).groupby(curve, dropna=False)["own"].transform(borrowed_icc)
+    rho = np.where(terms.icc_den > 0, own, borrowed)
     return np.maximum(1.0, 1 + (terms.cluster_size.to_numpy() - 1) * rho)
 
 
-def pooled_icc(num, den):
-    """The intra-sentence correlation from summed `icc_terms` (elementwise), within [0, 1]; 1 where the cells
-    estimate none (den = 0)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(np.asarray(den) > 0, np.clip(np.asarray(num) / np.asarray(den), 0, 1), 1.0)
+def borrowed_icc(estimates) -> float:
+    """The intra-sentence correlation a cell without an estimate of its own takes from the other cells of its curve
+    (strengths, or a probe's layers): the largest of their estimates (NaN: none), within [0, 1]; 1, the worst case,
+    where none has one. Not a pooled estimate: the correlation of a trial's correctness differs along a curve by
+    design (where the perturbed sentence's position, drawn per trial, is not detected, every trial is right with
+    probability 1/2 whatever its sentence, so the chance cells' correlation is about 0 however much the sentence
+    decides detection elsewhere), and a pool would carry that 0 into the cells at 100%."""
+    estimates = np.asarray(estimates, dtype=float)
+    estimates = estimates[~np.isnan(estimates)]
+    return float(np.clip(estimates.max(), 0, 1)) if estimates.size else 1.0
 
 
 def cluster_totals(outcome: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
