@@ -2,7 +2,8 @@
 step can also be run (and tested) without Snakemake.
 
 The torch-based modules (models, engine) are imported inside the steps that load models, so that the CPU-only
-steps (summaries, strength grids) run in the light analysis env.
+steps (summaries, strength grids) run in the light analysis env; the statistics modules (summary, operating_range:
+statsmodels and scipy.stats, 1.2 s to import) inside the steps that use them, so that the other jobs start without.
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ from pathlib import Path
 import pandas as pd
 
 from . import config as dnconfig
-from . import operating_range, outputs, prompts, sentences, summary, tasks
+from . import outputs, prompts, sentences, tasks
 from .labels import load_aliases
 from .prompts import load_template
-from .stats import STRENGTH_COLUMNS
-from .vocabulary import PERTURBATIONS
+from .vocabulary import PERTURBATIONS, STRENGTH_COLUMNS
 
 log = logging.getLogger("dropnoise")
 
@@ -137,6 +137,8 @@ def build_strength_grid(model_key: str, config: dict, localization: str | None, 
     """The model's zero-shot/few-shot strengths: its configured grid, or derived from its localization results."""
     chosen = dnconfig.strength_grid(config, model_key)
     if chosen == "auto":
+        from . import operating_range
+
         rule = config["strength_grid"]
         grid = operating_range.derive(
             pd.read_csv(localization), pd.read_csv(control), rule["points"], rule["alpha"], rule["control_threshold"]
@@ -250,6 +252,8 @@ def aggregate(shard_files: list[str], model_key: str, model_dir: str, experiment
 
 
 def summarize(trial_file: str, experiment: str, out: str) -> None:
+    from . import summary
+
     frame = read_trials(trial_file, summary.reads(experiment))
     table = summary.summarize(frame, experiment)
     outputs.write_csv(table, out)

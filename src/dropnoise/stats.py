@@ -98,10 +98,9 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
 from .separation import separation
-from .vocabulary import RULES
+from .vocabulary import RULES, STRENGTH_COLUMNS
 
 CHANCE = 0.5
-STRENGTH_COLUMNS = ("strength", "dropout_strength", "noise_strength")
 # The columns that name one condition of each experiment (one point of a curve or one cell of a heatmap).
 CONDITIONS = {
     "localization": ["perturbation", "strength"],

@@ -15,8 +15,8 @@ from __future__ import annotations
 import pandas as pd
 from statsmodels.stats.proportion import proportion_confint
 
-from .stats import STRENGTH_COLUMNS, curve_design_effects, icc_terms
-from .vocabulary import RULES
+from .stats import curve_design_effects, icc_terms
+from .vocabulary import RULES, STRENGTH_COLUMNS
 
 CONDITIONS = {
     "localization": (["perturbation", "strength"], "sentence_tokens"),

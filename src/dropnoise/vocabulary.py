@@ -9,6 +9,8 @@ PERTURBATIONS = ("dropout", "noise")
 RULES = ("primary", "aggregate", "argmax")  # scoring rules, see scoring.py
 # Experiments whose trials perturb a sentence of the model's pool (results/{model}/sentences.csv).
 POOL_EXPERIMENTS = ("localization", "zero_shot", "few_shot")
+# The per-trial tables' strength columns (few-shot: one per perturbation); empty in a summary's rows pooled over a grid.
+STRENGTH_COLUMNS = ("strength", "dropout_strength", "noise_strength")
 
 
 def derive_seed(*parts) -> int:
