@@ -37,7 +37,7 @@ from statsmodels.stats.proportion import proportion_confint
 
 from .activations import CLEAN, SITES
 from .label_permutations import null_labels
-from .stats import borrowed_icc, design_effect, icc_terms
+from .stats import borrowed_icc, design_effect, icc_terms, own_icc
 from .vocabulary import PERTURBATIONS, derive_seed
 
 FEATURES = ("linear", "norm", "shuffled")
@@ -180,8 +180,7 @@ def auroc_interval(y: np.ndarray, proba: np.ndarray, groups: np.ndarray) -> tupl
 def layer_icc(fits: list[tuple[np.ndarray, np.ndarray]], groups: np.ndarray) -> float:
     """The intra-sentence correlation of a probe's correctness for its layers whose rows estimate none (right on
     every row), from its layers' estimates ((labels, probabilities) per layer): `stats.borrowed_icc`."""
-    terms = [icc_terms(correct(y, proba), groups) for y, proba in fits]
-    return borrowed_icc([num / den if den else np.nan for num, den, _ in terms])
+    return borrowed_icc([own_icc(*icc_terms(correct(y, proba), groups)[:2]) for y, proba in fits])
 
 
 def scores(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, icc: float = 1.0) -> dict:
@@ -224,7 +223,7 @@ def run(sites: dict[str, np.ndarray], layers: np.ndarray, sets: list[Dataset], f
                 for features, (values, labels) in inputs.items():
                     fits[int(layer), features] = labels, out_of_fold(probe(C), values, labels, groups, folds, key)
             icc = {features: layer_icc([fit for (_, f), fit in fits.items() if f == features], groups)
-                   for features in ("linear", "norm", "shuffled")}
+                   for features in FEATURES}
             for (layer, features), (labels, proba) in fits.items():
                 out.append({**dataset.condition, "site": site, "layer": layer, "features": features,
                             "n_groups": len(np.unique(groups)), **scores(labels, proba, groups, icc[features])})

@@ -153,9 +153,17 @@ def design_effect(correct: np.ndarray, groups: np.ndarray, icc: float = 1.0) -> 
     rho the rows' own estimate (`icc_terms`), or `icc` where they have none. One row per sentence gives exactly 1;
     every sentence k identical rows, k. The default `icc` = 1, clusters whose rows always agree, is the most that
     repetition can cost (a proportion of 1 over repeated sentences is no more evidence than one row per sentence);
-    `curve_design_effects` passes the correlation of the cell's curve instead."""
+    `probes.scores` passes the one its probe's other layers give (`curve_design_effects`: the same for a table)."""
     num, den, size = icc_terms(correct, groups)
-    return max(1.0, 1 + (size - 1) * (num / den if den else icc))
+    rho = own_icc(num, den)
+    return max(1.0, 1 + (size - 1) * (icc if np.isnan(rho) else rho))
+
+
+def own_icc(num, den):
+    """The intra-sentence correlation from `icc_terms` (elementwise), NaN where the rows estimate none (den = 0)."""
+    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / den, np.nan)
 
 
 def curve_design_effects(terms: pd.DataFrame, curve: list[str]) -> np.ndarray:
@@ -164,10 +172,9 @@ def curve_design_effects(terms: pd.DataFrame, curve: list[str]) -> np.ndarray:
     (the cells sharing `curve`; `borrowed_icc`). Without it a cell right on every trial took the worst case,
     clusters that always agree, and got a far wider interval than the same cell with one trial wrong (the control's
     1000 trials over 80 sentences: lower bound 0.954 at 1000/1000, 0.994 at 999/1000)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        own = np.where(terms.icc_den > 0, terms.icc_num / terms.icc_den, np.nan)
+    own = own_icc(terms.icc_num, terms.icc_den)
     borrowed = terms[curve].assign(own=own).groupby(curve, dropna=False)["own"].transform(borrowed_icc)
-    rho = np.where(terms.icc_den > 0, own, borrowed)
+    rho = np.where(np.isnan(own), borrowed, own)
     return np.maximum(1.0, 1 + (terms.cluster_size.to_numpy() - 1) * rho)
 
 

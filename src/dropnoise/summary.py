@@ -37,7 +37,7 @@ def reads(experiment: str):
 
 def _accuracy(group: pd.DataFrame) -> pd.Series:
     """Counts per scoring rule and what the trials say about their intra-sentence correlation (`stats.icc_terms`);
-    the intervals come after, once the curve's pooled correlation is known."""
+    the intervals come after, once the curve's other cells are known (`_with_bands`)."""
     n, sentences = len(group), pd.factorize(group["sentence_id"], sort=True)[0]  # once, not per rule
     out = {"n": n, "n_sentences": sentences.max() + 1}
     for rule in RULES:

@@ -7,8 +7,8 @@ Loads PROFILE the way `snakemake --workflow-profile PROFILE` does (Snakemake's o
 Snakemake evaluate each job's resources (rule functions, `attempt`, profile expressions over wildcards), and renders
 them with the plugin's own code: `submit_string.get_submit_command` + `utils.set_gres_string` (the sbatch call; the
 account is left out: resolving it asks sacctmgr; the partition is the plugin's choice from the profile's
-`slurm-partition-config`, `<TBD>` for a job whose resources depend on inputs not yet written) and the jobstep plugin's `srun` options (what runs inside the
-allocation). Prints (or writes to --out) JSON: {target: {"rule", "resources", "threads", "sbatch", "srun", "local"}} ("local":
+`slurm-partition-config`, `<TBD>` for a job whose resources depend on inputs not yet written) and the jobstep
+plugin's `srun` options (what runs inside the allocation). Prints (or writes to --out) JSON: {target: {"rule", "resources", "threads", "sbatch", "srun", "local"}} ("local":
 a localrule, which runs on the submit host and is never submitted).
 Run it from the workflow's root. Extra Snakemake arguments (e.g. `--configfile x.yaml`, `--profile p`) go after --cli.
 """
@@ -76,7 +76,8 @@ def render(profile: str, targets: list[str], cli: list[str]) -> dict:
                 continue
             # a resource from input sizes is unknown before its inputs exist: so is the partition it fits
             unknown = any(isinstance(job.resources.get(name), TBDString) for name in SCORED)
-            partition = " -p <TBD>" if unknown and stub_executor._partitions else Executor.get_partition_arg(stub_executor, job)
+            partition = (" -p <TBD>" if unknown and stub_executor._partitions
+                         else Executor.get_partition_arg(stub_executor, job))
             params = {
                 "run_uuid": "RUN_UUID",
                 "slurm_logfile": ".snakemake/slurm_logs/%j.log",
