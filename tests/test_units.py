@@ -117,6 +117,62 @@ def test_missing_model_folder_and_offline_hub_are_clear_errors(tmp_path, monkeyp
         models.prepare_hf("qwen32b", entry, tmp_path / "qwen32b")
 
 
+def _synthetic(config: dict, **models_) -> dict:
+    """The config with its registry extended and a sentence source that needs no extra package."""
+    return {**config, "models": {**config["models"], **models_},
+            "sentences": {**config["sentences"], "source": "synthetic"}}
+
+
+def test_a_local_model_folder_is_linked_checked_and_loads_as_saved(tmp_path, paper_config, smol_tokenizer):
+    mine, out = tmp_path / "mine", tmp_path / "models/mine"
+    saved = build_tiny("qwen3", vocab_size=len(smol_tokenizer))
+    saved.save_pretrained(mine)
+    smol_tokenizer.save_pretrained(mine)
+    config = _synthetic(paper_config, mine={"kind": "local", "path": str(mine), "gpus": 0})
+    pipeline.prepare_model("mine", config, out, root=ROOT)
+    assert all((out / p.name).is_symlink() for p in mine.iterdir())  # linked, not copied
+    assert models.read_marker(out)["revision"].startswith(f"local:{mine}:")
+    model, tokenizer = models.load(out, "float32", "cpu")
+    ids = torch.tensor([tokenizer("The cat sat.")["input_ids"]])
+    assert torch.equal(model(ids).logits, saved(ids).logits)
+    assert tokenizer.chat_template == smol_tokenizer.chat_template
+
+
+def test_a_local_base_model_needs_a_chat_template_which_the_entry_can_give(tmp_path, paper_config, smol_tokenizer):
+    mine = tmp_path / "base"
+    build_tiny("llama", vocab_size=len(smol_tokenizer)).save_pretrained(mine)
+    base = copy.deepcopy(smol_tokenizer)
+    base.chat_template = None
+    base.save_pretrained(mine)
+    before = sorted(p.name for p in mine.iterdir())
+    entry = {"kind": "local", "path": str(mine), "gpus": 0}
+    with pytest.raises(models.ModelError, match="models.base: the tokenizer has no chat template"):
+        pipeline.prepare_model("base", _synthetic(paper_config, base=entry), tmp_path / "models/base", root=ROOT)
+    assert not (tmp_path / "models/base").exists()
+    config = _synthetic(paper_config, base={**entry, "chat_template": "llama3"})
+    pipeline.prepare_model("base", config, tmp_path / "models/base", root=ROOT)
+    _, tokenizer = models.load(tmp_path / "models/base", "float32", "cpu")
+    assert tokenizer.chat_template == (ROOT / "data/chat_templates/llama3.jinja").read_text()
+    assert sorted(p.name for p in mine.iterdir()) == before  # the user's folder is left alone
+
+
+def test_an_architecture_the_hooks_cannot_reach_stops_at_preparation(tmp_path, paper_config, smol_tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    mine = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(smol_tokenizer))).save_pretrained(mine)
+    smol_tokenizer.save_pretrained(mine)
+    config = _synthetic(paper_config, gpt2x={"kind": "local", "path": str(mine), "gpus": 0})
+    with pytest.raises(models.ModelError, match="models.gpt2x: this model cannot be run: cannot find the decoder layers"):
+        pipeline.prepare_model("gpt2x", config, tmp_path / "models/gpt2x", root=ROOT)
+
+
+def test_a_model_folder_not_made_by_the_workflow_points_to_a_local_entry(tmp_path):
+    (tmp_path / "copied").mkdir()
+    with pytest.raises(models.ModelError, match="has no dropnoise_model.json.*`kind: local` entry"):
+        models.read_marker(tmp_path / "copied")
+
+
 def test_nested_multimodal_layers_are_found():
     class Inner(torch.nn.Module):
         def __init__(self):
@@ -229,6 +285,7 @@ def test_a_wikitext_source_without_datasets_stops_before_the_model_download(monk
     synthetic = {**paper_config, "sentences": {**paper_config["sentences"], "source": "synthetic"}}
     called = []
     monkeypatch.setattr(models, "prepare_hf", lambda *args: called.append(args))
+    monkeypatch.setattr(models, "adopt", lambda *args: None)
     pipeline.prepare_model("llama8b", synthetic, tmp_path / "llama8b")  # nothing to check: on to the download
     assert called
 

@@ -121,6 +121,8 @@ def test_dynamics_target_runs_only_localization_on_each_checkpoint(tmp_path):
         # a Hub model must say how many GPUs it needs (no silent CPU default)
         ({"models": {"mistral7b": {"kind": "hf", "repo_id": "mistralai/Mistral-7B-Instruct-v0.3", "revision": "0" * 40}}},
          "models.mistral7b: 'gpus' is a required property"),
+        ({"models": {"mine": {"kind": "local", "path": "nowhere", "gpus": 0}}},
+         "models.mine.path: 'nowhere' is not a model folder (no config.json in it"),
         # captured aliases: each must run, and steering must read captured ones
         ({"probes": {"enabled": True, "aliases": ["dropout_noize"]}},
          "probes.aliases: 'dropout_noize' is not among the zero_shot aliases of llama8b"),

@@ -26,7 +26,8 @@ SHARD_BY = ("conditions", "trials")  # what an experiment's shards split; the fi
 # The model-entry keys only one or some kinds read (every other key of the schema applies to all kinds). A key of
 # another kind would be silently ignored, e.g. `revision` on a gguf_package entry, so it is an error.
 KIND_KEYS = {
-    "hf": {"repo_id", "revision", "checkpoints"},
+    "hf": {"repo_id", "revision", "checkpoints", "chat_template"},
+    "local": {"path", "chat_template"},
     "gguf_package": {"module", "gguf_file"},
     "tiny": {"family", "tokenizer_from", "chat_template", "layers", "seed"},
     "trained_tiny": {"family", "tokenizer_from", "chat_template", "layers", "training", "checkpoints"},
@@ -66,9 +67,12 @@ def check(config: dict, root: str | Path = ".") -> None:
                 problems.append(
                     f"models.{key}.tokenizer_from: '{entry['tokenizer_from']}' must be the key of a gguf_package entry"
                 )
-            template = entry.get("chat_template")
-            if template is not None and not (root / "data/chat_templates" / f"{template}.jinja").exists():
-                problems.append(f"models.{key}.chat_template: no file data/chat_templates/{template}.jinja")
+        template = entry.get("chat_template")
+        if template is not None and not (root / "data/chat_templates" / f"{template}.jinja").exists():
+            problems.append(f"models.{key}.chat_template: no file data/chat_templates/{template}.jinja")
+        if entry["kind"] == "local" and not (root / entry["path"] / "config.json").is_file():
+            problems.append(f"models.{key}.path: '{entry['path']}' is not a model folder (no config.json in it; "
+                            "a folder written by save_pretrained, or a downloaded Hub snapshot)")
         for experiment in entry.get("grids", {}):  # (settings: the schema names their experiments)
             if experiment not in EXPERIMENTS:
                 problems.append(f"models.{key}.grids: unknown experiment '{experiment}'")

