@@ -1,10 +1,14 @@
 """Offline checks of the conda envs: valid YAML, parseable conda and pip specs, every `conda:` directive points at
-an existing file, and exact pins agree with pyproject.toml (conda is not available on our machines)."""
+an existing file, exact pins agree with pyproject.toml, and each rule's env has the packages its script imports
+(conda is not available on our machines)."""
 
 from __future__ import annotations
 
+import ast
 import re
+import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 import yaml
@@ -74,3 +78,66 @@ def test_every_conda_directive_points_at_an_existing_env():
 def test_bad_conda_spec_is_rejected():
     with pytest.raises(Exception):
         MatchSpec("pytorch ==!2")
+
+
+# Import names whose conda package has another name, and packages that come with one the env lists.
+IMPORT_TO_CONDA = {"sklearn": "scikit-learn", "yaml": "pyyaml", "torch": "pytorch"}
+COMES_WITH = {"patsy": "statsmodels", "threadpoolctl": "scikit-learn"}
+LIBRARY = ROOT / "src/dropnoise"
+
+
+def _imports(nodes) -> set[str]:
+    """Top-level names imported anywhere in `nodes`: third-party packages, and library modules as `.name`."""
+    names = set()
+    for node in (n for tree in nodes for n in ast.walk(tree)):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.level or node.module.split(".")[0] == "dropnoise"):
+            inner = node.module.removeprefix("dropnoise").lstrip(".") if node.module else ""
+            names |= {f".{inner.split('.')[0]}"} if inner else {f".{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names.add(node.module.split(".")[0])
+    return {n for n in names if not n.startswith(".") or (LIBRARY / f"{n[1:]}.py").exists()}
+
+
+def _third_party(script: Path) -> set[str]:
+    """What a rule's script needs installed: the module-level imports of every library module it reaches, plus the
+    imports inside the library functions it calls (the library defers heavy imports into the steps that use them)."""
+    tree = ast.parse(script.read_text())
+    used = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "dropnoise" for a in n.names}
+    names = {f".{m}" for m in used}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in used:
+            module = ast.parse((LIBRARY / f"{node.value.id}.py").read_text())
+            names |= _imports(f for f in module.body if isinstance(f, ast.FunctionDef) and f.name == node.attr)
+    seen = set()
+    while todo := {n for n in names if n.startswith(".")} - seen:
+        for name in todo:
+            seen.add(name)
+            module = ast.parse((LIBRARY / f"{name[1:]}.py").read_text())
+            names |= _imports(n for n in module.body if isinstance(n, (ast.Import, ast.ImportFrom)))
+    return {n for n in names if not n.startswith(".") and n not in sys.stdlib_module_names and n != "__future__"}
+
+
+def _rules_with_env_and_script() -> list[tuple[str, Path, Path]]:
+    found = []
+    for rules in sorted((ROOT / "workflow/rules").glob("*.smk")):
+        parts = re.split(r"^\s*rule (\w+):", rules.read_text(), flags=re.M)
+        for name, body in zip(parts[1::2], parts[2::2]):
+            env, script = (re.search(rf'{d}:\s*\n\s*"([^"]+)"', body) for d in ("conda", "script"))
+            if env and script:
+                found.append((name, (rules.parent / env.group(1)).resolve(), (rules.parent / script.group(1)).resolve()))
+    return found
+
+
+@pytest.mark.parametrize("rule,env,script", _rules_with_env_and_script(), ids=lambda x: x if isinstance(x, str) else "")
+def test_each_rules_env_has_what_its_script_imports(rule, env, script):
+    packages = {spec.name.normalized for spec in conda_specs(yaml.safe_load(env.read_text()))}
+    needed = {IMPORT_TO_CONDA.get(name, name) for name in _third_party(script)}
+    missing = {name for name in needed - packages if COMES_WITH.get(name) not in packages}
+    assert not missing, f"rule {rule} runs in {env.name} but its script needs {sorted(missing)}"
+
+
+def test_the_import_check_sees_deferred_and_module_level_imports():
+    needed = _third_party(ROOT / "workflow/scripts/equivalence_map.py")  # pipeline.equivalence_map -> equivalence
+    assert {"sklearn", "pandas", "yaml"} <= needed and "torch" not in needed

@@ -54,6 +54,13 @@ def test_shards_by_trials_split_the_base_trials_with_all_their_renderings(paper_
     assert {t["k"] for t in parts[0]} == {1, 2}
 
 
+def test_a_models_own_sentence_length_is_in_the_pool(paper_config):
+    config = copy.deepcopy(paper_config)
+    assert 16 not in dnconfig.sentence_buckets(config)
+    config["models"]["qwen32b"]["settings"] = {"zero_shot": {"bucket": 16}}
+    assert 16 in dnconfig.sentence_buckets(config)
+
+
 @pytest.mark.parametrize("where,value,message", [
     ("experiment", {"shards": 1001}, r"experiments.few_shot.shards: 1001 shards by trials but only 1000 "
                                      r"samples_per_condition \(lower shards, or set shard_by: conditions\)"),
@@ -171,6 +178,21 @@ def test_a_model_folder_not_made_by_the_workflow_points_to_a_local_entry(tmp_pat
     (tmp_path / "copied").mkdir()
     with pytest.raises(models.ModelError, match="has no dropnoise_model.json.*`kind: local` entry"):
         models.read_marker(tmp_path / "copied")
+
+
+def test_a_jobs_log_gets_transformers_warnings_and_the_error_that_stopped_it(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("from dropnoise import pipeline, prompts; pipeline.setup_logging('job.log'); pipeline.log.info('started'); "
+            "import transformers; transformers.utils.logging.get_logger('transformers.modeling_utils').warning('odd'); "
+            "raise prompts.PromptError('template.yaml: no turn asks the question')")
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode != 0
+    text = (tmp_path / "job.log").read_text()
+    assert "started" in text and "odd" in text
+    assert "job failed" in text and "Traceback" in text and "PromptError: template.yaml: no turn asks" in text
+    assert run.stderr.count("no turn asks") == 1  # once on stderr too, not twice
 
 
 def test_nested_multimodal_layers_are_found():

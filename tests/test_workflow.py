@@ -86,6 +86,25 @@ def test_a_target_of_an_unknown_model_names_the_models(target):
     assert f"{target}: 'qwen23b' is not a model of this configuration; its models are llama8b, qwen14b" in out.stdout + out.stderr
 
 
+@pytest.mark.parametrize("target,message", [
+    ("results/qwen32b/shards/zero_shot/11.csv", "qwen32b runs zero_shot in 11 shards, numbered 0 to 10"),
+    ("paper_figures/fig4_zero_shot.png", "No rule to produce paper_figures/fig4_zero_shot.png"),  # a per-model one
+    ("paper_figures/qwen32b/fig2_localization.png", "No rule to produce"),  # a figure of every model
+])
+def test_a_target_that_names_no_job_says_so(target, message):
+    out = snakemake("-n", target, check=False)
+    assert out.returncode != 0 and message in out.stdout + out.stderr
+
+
+def test_a_statistics_table_with_nothing_to_test_is_not_written_empty(tmp_path):
+    overlay = tmp_path / "localization_only.yaml"
+    overlay.write_text(yaml.safe_dump({"run": {"models": ["qwen32b"], "experiments": ["localization"]},
+                                       "probes": {"enabled": False}, "dynamics": {"models": []}}))
+    out = snakemake("-n", "results/stats/label_pairs.csv", "--configfile", str(overlay), check=False)
+    assert out.returncode != 0
+    assert "results/stats/label_pairs.csv: no model in run.models ran an experiment this table tests (few_shot" in out.stdout + out.stderr
+
+
 def test_dynamics_target_runs_only_localization_on_each_checkpoint(tmp_path):
     overlay = tmp_path / "probes.yaml"
     overlay.write_text("probes: {enabled: true}\n")
@@ -107,6 +126,10 @@ def test_dynamics_target_runs_only_localization_on_each_checkpoint(tmp_path):
         ({"models": {"llama8b": {"kind": "hff"}}}, "'hff' is not one of"),
         ({"run": {"models": ["qwen33b"], "experiments": ["localization"]}}, "unknown model key 'qwen33b'"),
         ({"experiments": {"localization": {"grid": {"dropout": [1.5]}}}}, "dropout rates must be < 1"),
+        ({"experiments": {"localization": {"grid": {"dropout": [{"start": 0.5, "stop": 0.1, "step": 0.1}]}}}},
+         "experiments.localization.grid.dropout: range from 0.5 to 0.1 by 0.1 runs downward"),
+        ({"experiments": {"localization": {"grid": {"dropout": [{"start": 0, "stop": 0.5, "step": 0.03}]}}}},
+         "range from 0 to 0.5 by 0.03: the step does not divide stop - start"),
         ({"sentences": {"source": "file", "path": "nowhere.txt"}}, "sentences.path: file 'nowhere.txt' does not exist"),
         ({"sentences": {"mix": [{"source": "file", "path": "nowhere.txt"}]}},
          "sentences.mix[0].path: file 'nowhere.txt' does not exist"),

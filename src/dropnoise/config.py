@@ -94,6 +94,7 @@ def check(config: dict, root: str | Path = ".") -> None:
                 problems += _sharding_problems(where, settings(config, key, name))
     for where, grid in _grids(config):
         for kind in PERTURBATIONS:
+            problems += [f"{where}.{kind}: {problem}" for problem in map(_range_problem, grid.get(kind, [])) if problem]
             values = expand_grid(grid.get(kind, []))
             if kind == "dropout" and any(v >= 1 for v in values):
                 problems.append(f"{where}.dropout: dropout rates must be < 1, got {max(values)}")
@@ -228,6 +229,20 @@ def captured(config: dict, model: str) -> list[str]:
     return ["localization"] if "checkpoint_of" in config["models"][model] else config["probes"]["experiments"]
 
 
+def _range_problem(item) -> str | None:
+    """A {start, stop, step} range must run upward and end on its stop (else it would expand to nothing, or past
+    its stop)."""
+    if not isinstance(item, dict):
+        return None
+    steps = (item["stop"] - item["start"]) / item["step"]
+    where = f"range from {item['start']} to {item['stop']} by {item['step']}"
+    if steps < 0:
+        return f"{where} runs downward (stop below start): it would hold no strength"
+    if abs(steps - round(steps)) > 1e-6:
+        return f"{where}: the step does not divide stop - start, so the last strength would not be the stop"
+    return None
+
+
 def _grids(config: dict):
     for name, section in config["experiments"].items():
         if "grid" in section:
@@ -319,10 +334,12 @@ def shard_trial_split(config: dict, model: str, experiment: str, index: int) -> 
 
 
 def sentence_buckets(config: dict) -> list[int]:
-    """Every sentence length any configured experiment draws from."""
+    """Every sentence length any configured experiment draws from, a model's own settings included."""
     buckets = set()
-    for settings_ in config["experiments"].values():
-        buckets.update(settings_.get("buckets", []))
-        if "bucket" in settings_:
-            buckets.add(settings_["bucket"])
+    for name in config["experiments"]:
+        for key in config["models"]:
+            settings_ = settings(config, key, name)
+            buckets.update(settings_.get("buckets", []))
+            if "bucket" in settings_:
+                buckets.add(settings_["bucket"])
     return sorted(buckets)

@@ -3,7 +3,8 @@ Snakemake's inputs, outputs and params here.
 
 corpus (reference sentences) -> features (embeddings, clean NLL; loads the model) -> density.csv per model
 -> density_dependence.csv and the source contrast over every model and experiment -> figures.
-torch is imported only by the features step, so the others run in the light density env.
+torch is imported only by the features step, so the others run in the light density env; matplotlib and seaborn
+only by the figures step, so the corpus and features steps run in the inference env.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import density, density_dependence, density_figures, outputs, sentences, style
+from . import density, density_dependence, outputs, sentences
 from .pipeline import read_trials
 from .vocabulary import derive_seed
 
@@ -131,6 +132,8 @@ def build_dependence(models, experiments, trial_files, density_files, config: di
 
 def build_figures(models, experiments, trial_files, density_files, dependence_file: str, config: dict,
                   deciles_stem: str, forest_stem: str) -> None:
+    from . import density_figures, style
+
     tables = joined_tables(models, experiments, trial_files, read_densities(models, density_files),
                            config["density"]["rule"])
     style.save(density_figures.deciles_figure(tables), deciles_stem)

@@ -27,13 +27,24 @@ log = logging.getLogger("dropnoise")
 
 
 def setup_logging(log_file: str | None) -> None:
-    """Log to the rule's log file and to stderr (where tqdm draws its progress bar)."""
+    """Log to the rule's log file and to stderr (where tqdm draws its progress bar). The file also gets what would
+    otherwise reach stderr only: transformers' warnings (it logs through its own stderr handler and does not
+    propagate) and the traceback of the error that stops the job."""
     handlers = [logging.StreamHandler(sys.stderr)]
+    library = logging.getLogger("transformers")
+    for old in [h for h in library.handlers if isinstance(h, logging.FileHandler)]:
+        library.removeHandler(old)
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, mode="w"))
+        library.addHandler(handlers[-1])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers, force=True)
     logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(kind, error, traceback) -> None:
+    log.critical("job failed", exc_info=(kind, error, traceback))
 
 
 def prepare_model(key: str, config: dict, out: str | Path, root: str | Path = ".", trained: str | None = None) -> None:

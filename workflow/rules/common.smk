@@ -60,10 +60,6 @@ with open(os.path.join(workflow.basedir, "workflow", "report", "captions.yaml"))
     CAPTIONS = yaml.safe_load(handle)
 
 
-wildcard_constraints:
-    figure="|".join([*PAPER_FIGURES, *MODEL_FIGURES]),
-
-
 def not_a_model(wildcards):
     """The input of unknown_model (Snakefile): a target under a folder that is no model's names the models."""
     raise ValueError(
@@ -145,7 +141,14 @@ def stats_trial_files(table):
 
 
 def stats_inputs(wildcards):
-    return {"trials": stats_trial_files(wildcards.table), "aliases": config["aliases"]}
+    trials = stats_trial_files(wildcards.table)
+    if not trials:
+        raise ValueError(
+            f"results/stats/{wildcards.table}.csv: no model in run.models ran an experiment this table tests "
+            f"({', '.join(STATS_TABLES[wildcards.table])}, with the settings it needs; README \"Statistics, figures "
+            "and the report\")"
+        )
+    return {"trials": trials, "aliases": config["aliases"]}
 
 
 def figure_models(name):
@@ -231,6 +234,9 @@ def prompt_set_inputs(wildcards):
 
 
 def inference_inputs(wildcards):
+    count = dnconfig.shard_count(config, wildcards.model, wildcards.experiment)
+    if int(wildcards.shard) >= count:
+        raise ValueError(f"{wildcards.model} runs {wildcards.experiment} in {count} shards, numbered 0 to {count - 1}")
     inputs = {
         "model": model_folder(wildcards),
         "prompts": f"results/{wildcards.model}/prompts/{wildcards.experiment}.jsonl",

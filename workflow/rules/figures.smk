@@ -1,5 +1,7 @@
 # The paper's figures (src/dropnoise/figures.py): pure functions of the summaries and statistics tables, on CPU.
 rule paper_figure:
+    wildcard_constraints:
+        figure="|".join(PAPER_FIGURES),
     input:
         unpack(paper_figure_inputs),
         aliases=config["aliases"],
@@ -24,6 +26,8 @@ rule paper_figure:
 
 
 rule model_figure:
+    wildcard_constraints:
+        figure="|".join(MODEL_FIGURES),
     input:
         unpack(model_figure_inputs),
         aliases=config["aliases"],
