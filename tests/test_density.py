@@ -382,6 +382,10 @@ def test_source_contrast_compares_sources_at_matched_strength():
     assert (top.source_p < 1e-6).all() and top.status.str.contains(r"separation: .* no finite estimate for C\(strength\)\[T.0.8\]$").all()
     alone = density_dependence.source_contrast({("m", "localization"): synthetic})
     assert alone.source_p.isna().all() and alone.status.str.contains("one source").all()
+    # a cell's band is on its effective sample size, as every accuracy band: repeating each trial widens it
+    twice = density_dependence.source_contrast({("m", "localization"): pd.concat([synthetic, synthetic])})
+    assert twice.design_effect.to_numpy() == pytest.approx(2 * alone.design_effect.to_numpy(), rel=0.05)
+    assert twice.ci_low.to_numpy() == pytest.approx(alone.ci_low.to_numpy(), abs=0.01)
 
 
 def test_a_mixed_pool_tags_each_source_and_keeps_the_main_sources_ids(smol_tokenizer, tmp_path):

@@ -307,3 +307,30 @@ def test_probe_table_on_planted_layers_and_represented_vs_reported():
     shuffled = table[(table.features == "shuffled") & (table.site == "answer")].accuracy
     assert (shuffled < 0.7).all()
     assert len(table) == 3 * 3 * 3
+
+
+def test_represented_vs_reported_correlates_within_each_experiment_and_counts_the_clean_pass_once():
+    rows = []
+    for experiment, task in probes.VERBAL.items():
+        for level, strength in enumerate((0.0, 0.2, 0.5, 0.8)):
+            for kind in ("dropout", "noise"):
+                if task == "dropout_vs_noise" and kind == "noise":
+                    continue
+                probe = 0.5 + 0.5 * strength if experiment == "localization" else 0.9 - 0.5 * strength
+                rows.append({"experiment": experiment, "task": task, "site": "answer", "features": "linear",
+                             "layer": 3, "perturbation": kind if task == "which_sentence" else "matched",
+                             "strength": strength, "level": level, "dropout_strength": strength,
+                             "noise_strength": strength, "accuracy": probe, "accuracy_low": probe - 0.1,
+                             "accuracy_high": probe + 0.1})
+    table = pd.DataFrame(rows)
+    rng = np.random.default_rng(0)
+    trials = {}
+    for experiment in probes.VERBAL:  # verbal accuracy rises with strength in both: opposite to zero-shot's probe
+        frame = pd.DataFrame([{"perturbation": kind, "strength": s, "correct_primary": rng.random() < 0.5 + s / 2}
+                              for s in (0.0, 0.2, 0.5, 0.8) for kind in ("dropout", "noise") for _ in range(200)])
+        trials[experiment] = frame
+    out = probes.represented_vs_reported(table, trials, "primary")
+    localization = out[out.experiment == "localization"]
+    assert len(localization) == 7 and (localization.strength == 0).sum() == 1  # one clean point, not two
+    assert (localization.pearson_r > 0.9).all() and (out[out.experiment == "zero_shot"].pearson_r < -0.9).all()
+    assert "pearson_p" not in out and "spearman_p" not in out

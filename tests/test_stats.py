@@ -95,6 +95,43 @@ def test_summary_bands_are_the_condition_tests_intervals():
     assert not np.allclose(tests[["wilson_low", "wilson_high"]].to_numpy(), plain)  # repeats widen the band
 
 
+def control_trials(rng, n_trials: int = 400, n_sentences: int = 10, strengths=(0.0, 0.5)) -> pd.DataFrame:
+    """Topic-control trials whose correctness is decided by the sentence of the second topic alone, which is the
+    perturbed one in half of the trials: one sentence of each topic per trial, the target position at random."""
+    rows = []
+    good = rng.random(n_sentences) < 0.5  # the second topic's sentences the model always gets right
+    for strength in strengths:
+        for t in range(n_trials):
+            first, second = rng.integers(n_sentences, size=2)
+            ids = [f"art-{first:02d}", f"sport-{second:02d}"]
+            target = int(rng.integers(2))
+            rows.append({"model": "m", "experiment": "localization_control", "topic_pair": "art_sport",
+                         "perturbation": "dropout", "strength": strength, "base_id": f"b{t}",
+                         "sentence_id": ids[target], "other_sentence_id": ids[1 - target],
+                         **{f"correct_{r}": bool(good[second]) for r in ("primary", "aggregate", "argmax")}})
+    return pd.DataFrame(rows)
+
+
+def test_the_controls_intervals_cluster_by_both_of_a_trials_sentences():
+    """A control answer may hinge on the unperturbed sentence (the question asks about either), so clustering by
+    the perturbed one alone splits a sentence's trials over others' clusters; two-way clustering keeps them."""
+    trials = control_trials(np.random.default_rng(3))
+    two_way = stats.condition_tests(trials, "localization_control")
+    one_way = stats.condition_tests(trials.drop(columns="other_sentence_id"), "localization_control")
+    clean = trials[trials.strength == 0]
+    sport = clean.sentence_id.where(clean.sentence_id.str.startswith("sport"), clean.other_sentence_id)
+    repeats = clean.groupby(sport).size()
+    whole = (repeats**2).sum() / repeats.sum()  # Kish's m_w of the sentence that decides: clusters that always agree
+    assert two_way.design_effect.to_numpy() == pytest.approx(whole, rel=0.02)
+    assert (one_way.design_effect < whole / 3).all()
+    bands = summary.summarize(trials.assign(logit_diff=0.0), "localization_control")
+    mine = two_way[two_way.rule == "primary"].sort_values("strength")
+    pooled = bands[bands.subset == "all"].sort_values("strength")
+    assert pooled.ci_low_primary.to_numpy() == pytest.approx(mine.wilson_low.to_numpy())
+    slope = stats.dose_response(trials, "localization_control")
+    assert (slope.n_clusters == 10).all()
+
+
 def test_a_cell_right_on_every_trial_takes_its_curves_intra_sentence_correlation():
     """80 sentences, 12 trials each per cell (the topic control's design). A cell right on every trial says nothing
     about the correlation of a sentence's trials; it takes the largest of its curve's other cells, not the worst

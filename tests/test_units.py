@@ -266,6 +266,10 @@ def test_control_trials_ask_about_one_topic_and_perturb_independently(smol_token
         groups = template.extra["topic_pairs"][trial.topic_pair]
         shown = trial.text.split(f"Sentence {trial.answer}: ")[1]
         assert any(shown.startswith(s) for s in groups[trial.question_group]["sentences"])
+        other = "B" if trial.target == "A" else "A"  # the unperturbed sentence is recorded too (its cluster)
+        topic, number = trial.other_sentence_id.rsplit("-", 1)
+        assert trial.text.split(f"Sentence {other}: ")[1].startswith(groups[topic]["sentences"][int(number)])
+        assert topic != trial.sentence_id.rsplit("-", 1)[0] and topic in groups
     assert (trials.answer != trials.target).any() and (trials.answer == trials.target).any()
 
 

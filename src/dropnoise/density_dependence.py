@@ -69,6 +69,7 @@ from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparatio
 
 from .density import scale_column
 from .separation import separation
+from .stats import cell_terms, clusterings, curve_design_effects
 
 DENSITY_TERMS = ("z_density", "z_density:strength_z")  # tested
 CLASS_TERM = "z_density:cls"  # density's effect on saying "dropout" (response bias): kept in both models
@@ -364,10 +365,20 @@ def source_contrast(tables: dict[tuple[str, str], pd.DataFrame]) -> pd.DataFrame
                     test = {"source_p": float(fit.wald_test(np.eye(X.shape[1])[columns], scalar=True).pvalue),
                             "status": "ok" if not problems else "unreliable fit: " + ", ".join(problems)}
             for (strength, source), cell in part.groupby(["strength", "source"]):
-                k, n = int(cell.correct.sum()), len(cell)
-                low, high = proportion_confint(k, n, method="wilson")
+                correct = cell.correct.to_numpy(dtype=bool)
                 rows.append({"model": model, "experiment": experiment, "perturbation": perturbation,
-                             "strength": strength, "source": source, "n_trials": n,
-                             "n_sentences": cell.sentence_id.nunique(), "accuracy": k / n, "ci_low": low,
-                             "ci_high": high, "mean_log_density": cell.log_density.mean(), **test})
-    return pd.DataFrame(rows)
+                             "strength": strength, "source": source, "n_trials": len(cell),
+                             "n_sentences": cell.sentence_id.nunique(), "accuracy": correct.mean(),
+                             "mean_log_density": cell.log_density.mean(), **test,
+                             **cell_terms(correct, clusterings(cell))})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    # Wilson intervals on the effective sample size, as every accuracy band (stats.condition_tests)
+    deff = curve_design_effects(table, ["model", "experiment", "perturbation", "source"])
+    low, high = proportion_confint(table.accuracy * table.n_trials / deff, table.n_trials / deff, method="wilson")
+    table = table.drop(columns=[c for c in table if c.startswith(("icc_num", "icc_den", "cluster_size"))])
+    position = table.columns.get_loc("accuracy") + 1
+    for offset, (name, values) in enumerate((("design_effect", deff), ("ci_low", low), ("ci_high", high))):
+        table.insert(position + offset, name, values)
+    return table

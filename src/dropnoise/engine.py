@@ -43,6 +43,7 @@ TRIAL_COLUMNS = (
     "base_id",
     "template_variant",
     "sentence_id",
+    "other_sentence_id",
     "sentence_tokens",
     "n_perturbed_tokens",
     "n_prompt_tokens",

@@ -90,11 +90,10 @@ def probes_represented_vs_reported(table: pd.DataFrame, stem) -> None:
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("verbal accuracy (model's answer)")
     ax.set_ylabel("probe accuracy (answer position)")
-    if len(table) and not np.isnan(table.pearson_r.iloc[0]):
-        ax.set_title(f"Pearson r = {table.pearson_r.iloc[0]:.2f} (p = {table.pearson_p.iloc[0]:.2g}), "
-                     f"Spearman ρ = {table.spearman_rho.iloc[0]:.2f}")
-    else:
-        ax.set_title("correlation undefined (fewer than 3 conditions or no variation)")
+    titles = [f"{experiment}: r = {part.pearson_r.iloc[0]:.2f}, ρ = {part.spearman_rho.iloc[0]:.2f}"
+              if not np.isnan(part.pearson_r.iloc[0]) else f"{experiment}: r undefined"
+              for experiment, part in table.groupby("experiment")]
+    ax.set_title("; ".join(titles) or "no condition", fontsize=6)
     ax.legend(fontsize=5, loc="lower right")
     style.save(fig, stem)
 

@@ -236,10 +236,14 @@ VERBAL = {"localization": "which_sentence", "zero_shot": "dropout_vs_noise"}
 
 
 def represented_vs_reported(probes: pd.DataFrame, trials: dict[str, pd.DataFrame], rule: str) -> pd.DataFrame:
-    """Per condition: the answer-position probe's accuracy next to the model's verbal accuracy on the same task.
+    """Per condition: the answer-position probe's accuracy next to the model's verbal accuracy on the same task,
+    with their correlation across one experiment's conditions (two tasks' accuracies on one scale would say
+    nothing about either).
 
     The probe layer is chosen once per experiment (the best mean accuracy over its conditions), not per
-    condition, so that strength 0 does not get the optimistic maximum of many chance-level probes.
+    condition, so that strength 0 does not get the optimistic maximum of many chance-level probes. The clean pass
+    is one point: localization's dropout and noise curves share their strength-0 trials, so the second would
+    count them twice.
     """
     rows = []
     for experiment, task in VERBAL.items():
@@ -251,7 +255,12 @@ def represented_vs_reported(probes: pd.DataFrame, trials: dict[str, pd.DataFrame
             continue
         layer = answer.groupby("layer").accuracy.mean().idxmax()
         frame = trials[experiment]
+        clean_seen = False
         for condition in answer[answer.layer == layer].itertuples():
+            if task == "which_sentence" and condition.strength == 0:
+                if clean_seen:
+                    continue
+                clean_seen = True
             if task == "dropout_vs_noise":
                 mask = ((frame.perturbation == "dropout") & (frame.strength == condition.dropout_strength)) | (
                     (frame.perturbation == "noise") & (frame.strength == condition.noise_strength))
@@ -265,14 +274,19 @@ def represented_vs_reported(probes: pd.DataFrame, trials: dict[str, pd.DataFrame
                          "probe_high": condition.accuracy_high, "verbal_accuracy": verbal.mean(), "verbal_n": len(verbal)})
     table = pd.DataFrame(rows, columns=[*CONDITION_COLUMNS, "layer", "probe_accuracy", "probe_low", "probe_high",
                                         "verbal_accuracy", "verbal_n"])
-    return table.assign(**correlation(table))
+    by_experiment = {experiment: correlation(part) for experiment, part in table.groupby("experiment")}
+    return table.assign(**{name: table.experiment.map(lambda e, name=name: by_experiment[e][name])
+                           for name in CORRELATIONS})
+
+
+CORRELATIONS = ("pearson_r", "spearman_rho")
 
 
 def correlation(table: pd.DataFrame) -> dict:
-    """Pearson and Spearman correlation across conditions (NaN when fewer than three or no variation)."""
+    """Pearson and Spearman correlation across conditions (NaN when fewer than three or no variation). No p-values:
+    every condition runs on the same trials (common random numbers) and both accuracies move with strength, so
+    the conditions are not independent draws and the textbook tests do not hold; descriptive only."""
     if len(table) < 3 or table.probe_accuracy.nunique() < 2 or table.verbal_accuracy.nunique() < 2:
-        return dict.fromkeys(("pearson_r", "pearson_p", "spearman_rho", "spearman_p"), np.nan)
-    pearson = stats.pearsonr(table.probe_accuracy, table.verbal_accuracy)
-    spearman = stats.spearmanr(table.probe_accuracy, table.verbal_accuracy)
-    return {"pearson_r": pearson.statistic, "pearson_p": pearson.pvalue,
-            "spearman_rho": spearman.statistic, "spearman_p": spearman.pvalue}
+        return dict.fromkeys(CORRELATIONS, np.nan)
+    return {"pearson_r": stats.pearsonr(table.probe_accuracy, table.verbal_accuracy).statistic,
+            "spearman_rho": stats.spearmanr(table.probe_accuracy, table.verbal_accuracy).statistic}

@@ -2,7 +2,8 @@
 
 The paper's code reports Bernoulli standard errors only. Every test here uses the design of the experiments:
 all strengths, aliases and label conditions of a base trial share their sentence, rendering and random draws
-(`base_id`, common random numbers), so comparisons are paired and standard errors are clustered by sentence.
+(`base_id`, common random numbers), so comparisons are paired and standard errors are clustered by sentence (in
+the topic control, by both of a trial's sentences: `clusterings`).
 "Correct" is the configured scoring rule's column (`correct_primary` by default); chance is 1/2 (two options).
 
 Tables (each a function below; columns in order):
@@ -118,12 +119,15 @@ CURVES = {
 PAIRED_FIT = ("difference", "odds_ratio", "or_low", "or_high", "p_value", "test", "note")
 
 
+CLUSTER_COLUMNS = ("sentence_id", "other_sentence_id")  # the second: the topic control's (`clusterings`)
+
+
 def reads(table: str, experiment: str, rule: str):
     """Which columns of `experiment`'s per-trial table `table` reads: a `usecols` for read_csv, so that a statistics
     job holds a fraction of a paper-scale few-shot table (36 columns, 9.6M rows), not all of it."""
-    columns = {"model", "experiment", f"correct_{rule}", "sentence_id"}  # sentences are the clusters
+    columns = {"model", "experiment", f"correct_{rule}", *CLUSTER_COLUMNS}  # sentences are the clusters
     if table == "condition_tests":
-        columns = {"model", "experiment", "sentence_id", *CONDITIONS[experiment], *(f"correct_{r}" for r in RULES)}
+        columns = {"model", "experiment", *CLUSTER_COLUMNS, *CONDITIONS[experiment], *(f"correct_{r}" for r in RULES)}
     elif table == "dose_response":
         columns |= {*CURVES[experiment], "strength"}
     elif table == "discrimination":  # said "dropout": the answer's letter among the options (one prob_ column each)
@@ -166,16 +170,53 @@ def own_icc(num, den):
         return np.where(den > 0, num / den, np.nan)
 
 
+def clusterings(trials: pd.DataFrame) -> dict[str, np.ndarray]:
+    """How a table's trials cluster: suffix -> each row's cluster. By sentence (""), except in the topic control,
+    whose trials show two different sentences, one from each topic of the pair (`other_sentence_id`: the one not
+    perturbed), and whose answer depends on both (the question may ask about either): there by the sentence of the
+    pair's first topic ("_a"), by that of its second ("_b") and by the two together ("_ab"), for the two-way
+    cluster-robust variance (`combined`). Clustering by the perturbed sentence alone put half of each sentence's
+    trials in other sentences' clusters: simulated, 95% intervals covered 72% where both sentences matter."""
+    if "other_sentence_id" not in trials:
+        return {"": trials["sentence_id"].to_numpy()}
+    one, other = trials["sentence_id"].astype(str), trials["other_sentence_id"].astype(str)
+    first_topic = one.str.rsplit("-", n=1).str[0] < other.str.rsplit("-", n=1).str[0]  # ids are "<topic>-<nn>"
+    a, b = one.where(first_topic, other), other.where(first_topic, one)
+    return {"_a": a.to_numpy(), "_b": b.to_numpy(), "_ab": (a + "|" + b).to_numpy()}
+
+
+def combined(effects: dict):
+    """One design effect from those of each clustering (`clusterings`): the only one, or for two-way clustering
+    Cameron, Gelbach & Miller's (2011) V_a + V_b - V_ab over the binomial variance, kept at least the larger
+    one-way effect (the difference can fall below either in small samples). Elementwise."""
+    if "" in effects:
+        return effects[""]
+    one_way = np.maximum(effects["_a"], effects["_b"])
+    return np.maximum(effects["_a"] + effects["_b"] - effects["_ab"], one_way)
+
+
+def cell_terms(correct: np.ndarray, clusters: dict[str, np.ndarray]) -> dict[str, float]:
+    """`icc_terms` of a cell's rows under each clustering, as the columns curve_design_effects reads."""
+    terms = {}
+    for suffix, groups in clusters.items():
+        terms.update(zip((f"icc_num{suffix}", f"icc_den{suffix}", f"cluster_size{suffix}"), icc_terms(correct, groups)))
+    return terms
+
+
 def curve_design_effects(terms: pd.DataFrame, curve: list[str]) -> np.ndarray:
-    """The design effect of each cell of a table of `icc_terms` (columns icc_num, icc_den, cluster_size): from the
-    cell's own intra-sentence correlation, or where it has none (accuracy 0 or 1, one sentence) from its curve's
-    (the cells sharing `curve`; `borrowed_icc`). Without it a cell right on every trial took the worst case,
-    clusters that always agree, and got a far wider interval than the same cell with one trial wrong (the control's
-    1000 trials over 80 sentences: lower bound 0.954 at 1000/1000, 0.994 at 999/1000)."""
-    own = own_icc(terms.icc_num, terms.icc_den)
-    borrowed = terms[curve].assign(own=own).groupby(curve, dropna=False)["own"].transform(borrowed_icc)
-    rho = np.where(np.isnan(own), borrowed, own)
-    return np.maximum(1.0, 1 + (terms.cluster_size.to_numpy() - 1) * rho)
+    """The design effect of each cell of a table of `cell_terms` (columns icc_num, icc_den, cluster_size, with a
+    clustering's suffix): from the cell's own intra-sentence correlation, or where it has none (accuracy 0 or 1,
+    one sentence) from its curve's (the cells sharing `curve`; `borrowed_icc`); clusterings `combined`. Without it
+    a cell right on every trial took the worst case, clusters that always agree, and got a far wider interval than
+    the same cell with one trial wrong (the control's 1000 trials over 80 sentences: lower bound 0.954 at
+    1000/1000, 0.994 at 999/1000)."""
+    effects = {}
+    for suffix in (s for s in ("", "_a", "_b", "_ab") if f"icc_num{s}" in terms):
+        own = own_icc(terms[f"icc_num{suffix}"], terms[f"icc_den{suffix}"])
+        borrowed = terms[curve].assign(own=own).groupby(curve, dropna=False)["own"].transform(borrowed_icc)
+        rho = np.where(np.isnan(own), borrowed, own)
+        effects[suffix] = np.maximum(1.0, 1 + (terms[f"cluster_size{suffix}"].to_numpy() - 1) * rho)
+    return combined(effects)
 
 
 def borrowed_icc(estimates) -> float:
@@ -212,11 +253,13 @@ def adjust(frame: pd.DataFrame, family: list[str], alpha: float, method: str, te
     return frame
 
 
-def clustered_logit(data: pd.DataFrame, formula: str, term: str, groups: str) -> dict:
+def clustered_logit(data: pd.DataFrame, formula: str, term: str, groups: str | list[str]) -> dict:
     """Binomial GLM with standard errors clustered by `groups`: the coefficient of `term`, its 95% CI, Wald p.
+    Two columns of groups: two-way clustering (statsmodels' Cameron-Gelbach-Miller variance).
 
     Inference uses statsmodels' small-sample cluster correction with a t distribution on (clusters - 1) degrees of
-    freedom, so a handful of sentences gives wide intervals instead of overconfident normal ones.
+    freedom (the fewer of the two ways'), so a handful of sentences gives wide intervals instead of overconfident
+    normal ones.
 
     Returns NaNs with a note where the model is not identified (no variation in the outcome or the term, fewer
     than two clusters, an outcome constant within every cluster while the term varies there, whose clustered
@@ -228,17 +271,20 @@ def clustered_logit(data: pd.DataFrame, formula: str, term: str, groups: str) ->
     empty = {"estimate": np.nan, "low": np.nan, "high": np.nan, "p_value": np.nan, "statistic": np.nan, "df": np.nan}
     if data[outcome].nunique() < 2:
         return {**empty, "note": "no variation in the outcome"}
-    if data[groups].nunique() < 2:
+    ways = [groups] if isinstance(groups, str) else list(groups)
+    if min(data[way].nunique() for way in ways) < 2:
         return {**empty, "note": "fewer than two clusters"}
-    by_cluster = data.groupby(groups)
-    if by_cluster[outcome].nunique().max() < 2 and by_cluster[term].nunique().max() > 1:
-        # every cluster answers the same at every value of the term: the clustered standard error collapses to 0
-        return {**empty, "note": "outcome constant within every cluster: no within-cluster information"}
+    for way in ways:
+        by_cluster = data.groupby(way)
+        if by_cluster[outcome].nunique().max() < 2 and by_cluster[term].nunique().max() > 1:
+            # every cluster answers the same at every value of the term: the clustered standard error collapses to 0
+            return {**empty, "note": "outcome constant within every cluster: no within-cluster information"}
+    codes = np.column_stack([pd.factorize(data[way])[0] for way in ways])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             fit = smf.glm(formula, data, family=sm.families.Binomial()).fit(
-                cov_type="cluster", cov_kwds={"groups": pd.factorize(data[groups])[0]}, use_t=True
+                cov_type="cluster", cov_kwds={"groups": codes[:, 0] if len(ways) == 1 else codes}, use_t=True
             )
             separated = separation(pd.DataFrame(fit.model.exog, columns=fit.model.exog_names), fit.model.endog)
         except (ValueError, RuntimeError, np.linalg.LinAlgError) as err:
@@ -278,22 +324,22 @@ def condition_tests(trials: pd.DataFrame, experiment: str, alpha: float = 0.05, 
     conditions = ["model", "experiment", *CONDITIONS[experiment]]
     rows = []
     for key, group in trials.groupby(conditions, sort=True):
-        sentences = group["sentence_id"].to_numpy()
+        clusters = clusterings(group)
         for rule in RULES:
             correct = group[f"correct_{rule}"].to_numpy(dtype=bool)
             n, k = len(correct), int(correct.sum())
-            null = null_design_effect(correct, sentences)
+            null = combined({suffix: null_design_effect(correct, groups) for suffix, groups in clusters.items()})
             rows.append({
                 **dict(zip(conditions, key)), "rule": rule, "n": n, "correct": k, "accuracy": k / n,
                 "n_sentences": group["sentence_id"].nunique(), "p_value": binomial_p(k / null, n / null),
-                **dict(zip(("icc_num", "icc_den", "cluster_size"), icc_terms(correct, sentences))),
+                **cell_terms(correct, clusters),
             })
     table = pd.DataFrame(rows)
     curve = [c for c in conditions if c not in STRENGTH_COLUMNS] + ["rule"]
     deff = curve_design_effects(table, curve)
     wilson = proportion_confint(table.correct / deff, table.n / deff, alpha=0.05, method="wilson")
     exact = proportion_confint(table.correct / deff, table.n / deff, alpha=0.05, method="beta")
-    table = table.drop(columns=["icc_num", "icc_den", "cluster_size"]).assign(
+    table = table.drop(columns=[c for c in table if c.startswith(("icc_num", "icc_den", "cluster_size"))]).assign(
         design_effect=deff, wilson_low=wilson[0], wilson_high=wilson[1], cp_low=exact[0], cp_high=exact[1])
     table = table[[c for c in table if c != "p_value"] + ["p_value"]]
     columns = curve if family == "curve" else ["model", "experiment", "rule"]
@@ -305,14 +351,14 @@ def dose_response(trials: pd.DataFrame, experiment: str, rule: str = "primary", 
     curve = ["model", "experiment", *CURVES[experiment]]
     rows = []
     for key, group in trials.groupby(curve, sort=True):
+        clusters = {f"sentence{suffix}": groups for suffix, groups in clusterings(group).items() if suffix != "_ab"}
         data = pd.DataFrame({
-            "correct": group[f"correct_{rule}"].astype(int), "strength": group["strength"].astype(float),
-            "sentence": group["sentence_id"],
+            "correct": group[f"correct_{rule}"].astype(int), "strength": group["strength"].astype(float), **clusters,
         })
-        fit = clustered_logit(data, "correct ~ strength", "strength", "sentence")
+        fit = clustered_logit(data, "correct ~ strength", "strength", list(clusters))
         lo, hi = data["strength"].min(), data["strength"].max()
         rows.append({
-            **dict(zip(curve, key)), "n": len(data), "n_clusters": data["sentence"].nunique(),
+            **dict(zip(curve, key)), "n": len(data), "n_clusters": min(data[c].nunique() for c in clusters),
             "strength_min": lo, "strength_max": hi, "slope": fit["estimate"], "slope_low": fit["low"],
             "slope_high": fit["high"], "odds_ratio_range": np.exp(fit["estimate"] * (hi - lo)),
             "p_value": fit["p_value"], "note": fit["note"],

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pandas as pd
 from statsmodels.stats.proportion import proportion_confint
 
-from .stats import curve_design_effects, icc_terms
+from .stats import CLUSTER_COLUMNS, cell_terms, clusterings, curve_design_effects
 from .vocabulary import RULES, STRENGTH_COLUMNS
 
 CONDITIONS = {
@@ -31,20 +31,19 @@ def reads(experiment: str):
     """Which columns of a per-trial table `summarize` reads: a `usecols` for read_csv (a third of a paper-scale
     few-shot table's 36 columns)."""
     condition, column = CONDITIONS[experiment]
-    columns = {*condition, column, "sentence_id", "logit_diff", *(f"correct_{rule}" for rule in RULES)}
+    columns = {*condition, column, *CLUSTER_COLUMNS, "logit_diff", *(f"correct_{rule}" for rule in RULES)}
     return lambda name: name in columns
 
 
 def _accuracy(group: pd.DataFrame) -> pd.Series:
     """Counts per scoring rule and what the trials say about their intra-sentence correlation (`stats.icc_terms`);
     the intervals come after, once the curve's other cells are known (`_with_bands`)."""
-    n, sentences = len(group), pd.factorize(group["sentence_id"], sort=True)[0]  # once, not per rule
-    out = {"n": n, "n_sentences": sentences.max() + 1}
+    clusters = {s: pd.factorize(g, sort=True)[0] for s, g in clusterings(group).items()}  # once, not per rule
+    out = {"n": len(group), "n_sentences": group["sentence_id"].nunique()}
     for rule in RULES:
         correct = group[f"correct_{rule}"].to_numpy(dtype=bool)
-        num, den, size = icc_terms(correct, sentences)
-        out.update({f"accuracy_{rule}": correct.mean(), f"icc_num_{rule}": num, f"icc_den_{rule}": den})
-    out["cluster_size"] = size
+        out[f"accuracy_{rule}"] = correct.mean()
+        out.update({f"{name}/{rule}": value for name, value in cell_terms(correct, clusters).items()})
     out["mean_logit_diff"] = group["logit_diff"].mean()
     return pd.Series(out)
 
@@ -53,15 +52,15 @@ def _with_bands(part: pd.DataFrame, curve: list[str]) -> pd.DataFrame:
     """Wilson bands on n / deff per rule, deff from each cell's own intra-sentence correlation or its curve's
     (`stats.curve_design_effects`, as `stats.condition_tests`)."""
     for rule in RULES:
-        terms = part[curve].assign(icc_num=part.pop(f"icc_num_{rule}"), icc_den=part.pop(f"icc_den_{rule}"),
-                                   cluster_size=part.cluster_size)
+        mine = [c for c in part if c.endswith(f"/{rule}")]
+        terms = part[curve].assign(**{c.removesuffix(f"/{rule}"): part.pop(c) for c in mine})
         deff = curve_design_effects(terms, curve)
         low, high = proportion_confint(part[f"accuracy_{rule}"] * part.n / deff, part.n / deff, alpha=0.05,
                                        method="wilson")
         position = part.columns.get_loc(f"accuracy_{rule}") + 1
         part.insert(position, f"ci_low_{rule}", low)
         part.insert(position + 1, f"ci_high_{rule}", high)
-    return part.drop(columns="cluster_size")
+    return part
 
 
 def summarize(trials: pd.DataFrame, experiment: str) -> pd.DataFrame:

@@ -134,10 +134,12 @@ def control_trials(tokenizer, template, samples: int, seed: int) -> list[dict]:
             target = rng.choice(template.letters)
             variant = rng.choice(variants)
             target_group = order[template.letters.index(target)]
+            other_group = order[1 - template.letters.index(target)]
             meta = {
                 "topic_pair": pair,
                 "question_group": asked,
                 "sentence_id": f"{target_group}-{picks[target_group]:02d}",
+                "other_sentence_id": f"{other_group}-{picks[other_group]:02d}",
                 "sentence": sentences[target],
                 "sentence_tokens": len(tokenizer.encode(sentences[target], add_special_tokens=False)),
             }
