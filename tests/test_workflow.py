@@ -270,7 +270,7 @@ def test_tiny_preset_end_to_end(tmp_path):
     assert {"model", "dropout_strength", "noise_strength"} <= set(pd.read_csv(work / "results/stats/equivalence_pairs.csv"))
     snakemake("--report", "report.html", "--configfile", "presets/ci.yaml", cwd=work)
     report = (work / "report.html").read_text()
-    assert "Produced by the configuration config.yaml + presets/ci.yaml" in report
+    assert "Produced by the configuration with hash" in report
     dependence = pd.read_csv(work / "results/stats/density_dependence.csv")
     scales = preset["density"]["bandwidth"]["scales"]
     assert set(dependence.bandwidth_scale) == set(scales) and len(dependence) % len(scales) == 0
@@ -294,9 +294,14 @@ def test_tiny_preset_end_to_end(tmp_path):
 
 def check_capture_settings_rerun_the_capturing_jobs(work):
     """A finished run is up to date; a changed capture setting re-runs the inference jobs that capture, and no other
-    job for its params but the figures, whose provenance line names the configuration files (everything after the
-    capturing jobs re-runs because their outputs are rewritten)."""
+    job for its params but the figures, whose provenance line quotes the configuration's hash (everything after the
+    capturing jobs re-runs because their outputs are rewritten); scheduling settings rerun nothing."""
     rerun = snakemake("-n", "--configfile", "presets/ci.yaml", cwd=work)
+    assert "Nothing to be done" in rerun.stdout + rerun.stderr
+    model = yaml.safe_load((work / "presets/ci.yaml").read_text())["run"]["models"][0]
+    schedule = work / "schedule.yaml"  # how jobs run, not what they compute: nothing to redo
+    schedule.write_text(f"inference: {{batch_size: 3}}\nmodels: {{{model}: {{mem_mb: 1234, runtime: 7}}}}\n")
+    rerun = snakemake("-n", "--configfile", "presets/ci.yaml", str(schedule), cwd=work)
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
     overlay = work / "stride.yaml"
     overlay.write_text("probes: {layer_stride: 2}\n")

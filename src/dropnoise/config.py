@@ -7,6 +7,8 @@ parsed, before any job (and so before any model) starts.
 
 from __future__ import annotations
 
+import copy
+
 from pathlib import Path
 
 import jsonschema
@@ -32,6 +34,33 @@ KIND_KEYS = {
     "tiny": {"family", "tokenizer_from", "chat_template", "layers", "seed"},
     "trained_tiny": {"family", "tokenizer_from", "chat_template", "layers", "training", "checkpoints"},
 }
+
+
+# Keys that decide how and where jobs run, never what they compute (results do not depend on the batch size or on
+# how the work is split into jobs).
+SCHEDULING_KEYS = {
+    "models": ("gpus", "mem_mb", "runtime", "batch_size", "description"),
+    "inference": ("batch_size", "gpu_request", "gres_type"),
+    "experiments": ("shards", "shard_by"),
+}
+
+
+def results_config(config: dict) -> dict:
+    """The configuration less its SCHEDULING_KEYS: what a report caption's hash identifies, so that giving a job
+    more memory or another batch size reruns no table or figure."""
+    out = copy.deepcopy(config)
+    for field in SCHEDULING_KEYS["inference"]:
+        out.get("inference", {}).pop(field, None)
+    for section in out.get("experiments", {}).values():
+        for field in SCHEDULING_KEYS["experiments"]:
+            section.pop(field, None)
+    for entry in out.get("models", {}).values():
+        for field in SCHEDULING_KEYS["models"]:
+            entry.pop(field, None)
+        for section in entry.get("settings", {}).values():
+            for field in SCHEDULING_KEYS["experiments"]:
+                section.pop(field, None)
+    return out
 
 
 class ConfigError(ValueError):

@@ -181,13 +181,13 @@ def model_figure_inputs(wildcards):
 
 
 def provenance(wildcards):
-    """The sentence every report caption ends with: the model, and the configuration that produced the result."""
-    overlays = [os.path.relpath(f, workflow.basedir) for f in workflow.configfiles]
-    files = " + ".join(["config.yaml", *[f for f in overlays if f != "config.yaml"]])
+    """The sentence every report caption ends with: the model, and the configuration that produced the result (a
+    rule's params, so a rerun trigger: hence only what decides results, `dnconfig.results_config`, not which files
+    it came from or how its jobs were scheduled)."""
     model = f"Model: **{wildcards.model}**. " if hasattr(wildcards, "model") else ""
     stats = config["stats"]
     return (
-        f"{model}Produced by the configuration {files} (hash ``{config_hash(config)}``): "
+        f"{model}Produced by the configuration with hash ``{config_hash(dnconfig.results_config(config))}``: "
         f"models {', '.join(config['run']['models'])}; experiments {', '.join(config['run']['experiments'])}; "
         f"scoring rule ``{stats['rule']}``; {stats['correction']} correction at alpha = {stats['alpha']} (condition tests "
         f"by {stats['condition_family']}); "
