@@ -65,9 +65,24 @@ rule density_dependence:
     input:
         unpack(density_dependence_inputs),
     output:
-        dependence="results/stats/density_dependence.csv",
-        contrast="results/stats/density_source_contrast.csv",
-        nll="results/stats/density_nll.csv",
+        dependence=report(
+            "results/stats/density_dependence.csv",
+            caption="../report/caption.rst",
+            category="Data density",
+            labels={"table": "density_dependence"},
+        ),
+        contrast=report(
+            "results/stats/density_source_contrast.csv",
+            caption="../report/caption.rst",
+            category="Data density",
+            labels={"table": "density_source_contrast"},
+        ),
+        nll=report(
+            "results/stats/density_nll.csv",
+            caption="../report/caption.rst",
+            category="Data density",
+            labels={"table": "density_nll"},
+        ),
     log:
         "logs/density_dependence.log",
     resources:
@@ -80,6 +95,8 @@ rule density_dependence:
         rule=config["density"]["rule"],
         permutations=config["density"]["permutations"],
         correction=config["stats"]["correction"],
+        caption=CAPTIONS["density_tables"],
+        provenance=provenance,
     script:
         "../scripts/density_dependence.py"
 
