@@ -96,6 +96,14 @@ def test_a_target_that_names_no_job_says_so(target, message):
     assert out.returncode != 0 and message in out.stdout + out.stderr
 
 
+def test_a_working_directory_without_the_configured_files_fails_at_parse(tmp_path):
+    """Jobs read the configuration's files from the working directory (--directory), so the check does too."""
+    (tmp_path / "config.yaml").write_text((ROOT / "config.yaml").read_text())
+    out = snakemake("-s", str(ROOT / "Snakefile"), "-n", "results/qwen32b/zero_shot.csv", cwd=tmp_path, check=False)
+    assert out.returncode != 0
+    assert "aliases: file 'data/aliases.yaml' does not exist" in out.stdout + out.stderr
+
+
 def test_a_statistics_table_with_nothing_to_test_is_not_written_empty(tmp_path):
     overlay = tmp_path / "localization_only.yaml"
     overlay.write_text(yaml.safe_dump({"run": {"models": ["qwen32b"], "experiments": ["localization"]},

@@ -81,7 +81,10 @@ def schema_problems(config: dict, schema_file: str | Path) -> list[str]:
 
 
 def check(config: dict, root: str | Path = ".") -> None:
-    root = Path(root)
+    """Every problem of a schema-valid configuration, raised together. Files the configuration names (templates,
+    aliases, sentence and corpus files, a local model) are looked for where the jobs read them, from the working
+    directory (Snakemake's `--directory`); the chat templates the workflow ships, under its `root`."""
+    root, here = Path(root), Path(".")
     models = config["models"]
     problems = []
     for key in config["run"]["models"]:
@@ -99,7 +102,7 @@ def check(config: dict, root: str | Path = ".") -> None:
         template = entry.get("chat_template")
         if template is not None and not (root / "data/chat_templates" / f"{template}.jinja").exists():
             problems.append(f"models.{key}.chat_template: no file data/chat_templates/{template}.jinja")
-        if entry["kind"] == "local" and not (root / entry["path"] / "config.json").is_file():
+        if entry["kind"] == "local" and not (here / entry["path"] / "config.json").is_file():
             problems.append(f"models.{key}.path: '{entry['path']}' is not a model folder (no config.json in it; "
                             "a folder written by save_pretrained, or a downloaded Hub snapshot)")
         for experiment in entry.get("grids", {}):  # (settings: the schema names their experiments)
@@ -113,7 +116,7 @@ def check(config: dict, root: str | Path = ".") -> None:
         if name not in config["experiments"]:
             problems.append(f"run.experiments: '{name}' has no settings under experiments.{name}")
     for name, section in config["experiments"].items():
-        if not (root / section["template"]).exists():
+        if not (here / section["template"]).exists():
             problems.append(f"experiments.{name}.template: file '{section['template']}' does not exist")
         problems += _sharding_problems(f"experiments.{name}", section)
     for key, entry in models.items():  # a model's own settings may change shards, samples or shard_by
@@ -128,7 +131,7 @@ def check(config: dict, root: str | Path = ".") -> None:
             if kind == "dropout" and any(v >= 1 for v in values):
                 problems.append(f"{where}.dropout: dropout rates must be < 1, got {max(values)}")
     aliases = None
-    aliases_path = root / config["aliases"]
+    aliases_path = here / config["aliases"]
     if not aliases_path.exists():
         problems.append(f"aliases: file '{config['aliases']}' does not exist")
     else:
@@ -168,13 +171,13 @@ def check(config: dict, root: str | Path = ".") -> None:
     sources = pool_sources(config["sentences"])
     for i, source in enumerate(sources):
         where = "sentences" if i == 0 else f"sentences.mix[{i - 1}]"
-        if source["source"] == "file" and not (root / source["path"]).exists():
+        if source["source"] == "file" and not (here / source["path"]).exists():
             problems.append(f"{where}.path: file '{source['path']}' does not exist")
     kinds = [source["source"] for source in sources]
     if len(set(kinds)) < len(kinds):
         problems.append(f"sentences.mix: sources {kinds} repeat a kind; the pool's `source` column must tell them apart")
     corpus = config["density"]["corpus"]
-    if config["density"]["enabled"] and corpus["source"] == "file" and not (root / corpus["path"]).exists():
+    if config["density"]["enabled"] and corpus["source"] == "file" and not (here / corpus["path"]).exists():
         problems.append(f"density.corpus.path: file '{corpus['path']}' does not exist")
     if problems:  # once each (every checkpoint of a series shares its dynamics settings)
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(dict.fromkeys(problems)))

@@ -203,10 +203,11 @@ def prepare_hf(key: str, entry: dict, out: Path) -> None:
     write_marker(out, key, entry, revision=entry["revision"])
 
 
-def prepare_local(key: str, entry: dict, out: Path, root: str | Path = ".") -> None:
-    """Link the files of a model folder of the user's own into the model folder (the weights are not copied); its
-    revision is a fingerprint of its config and of its files' names and sizes, for provenance."""
-    source = (Path(root) / entry["path"]).resolve()
+def prepare_local(key: str, entry: dict, out: Path) -> None:
+    """Link the files of a model folder of the user's own (`path`, from the working directory) into the model
+    folder (the weights are not copied); its revision is a fingerprint of its config and of its files' names and
+    sizes, for provenance."""
+    source = Path(entry["path"]).resolve()
     if not (source / "config.json").is_file():
         raise ModelError(f"models.{key}.path: '{source}' is not a model folder (no config.json in it)")
     out.mkdir(parents=True, exist_ok=True)

@@ -64,7 +64,7 @@ def prepare_model(key: str, config: dict, out: str | Path, root: str | Path = ".
             models.prepare_trained(key, entry, tmp, Path(trained))
         else:
             if entry["kind"] == "local":
-                models.prepare_local(key, entry, tmp, root)
+                models.prepare_local(key, entry, tmp)
             else:
                 models.prepare_hf(key, entry, tmp)
             models.adopt(key, tmp, _chat_template(entry, root))
