@@ -102,7 +102,8 @@ def _imports(nodes) -> set[str]:
 
 def _third_party(script: Path) -> set[str]:
     """What a rule's script needs installed: the module-level imports of every library module it reaches, plus the
-    imports inside the library functions it calls (the library defers heavy imports into the steps that use them)."""
+    imports inside the library functions it calls (the library defers heavy imports into the steps that use them).
+    Imports deferred one call deeper (a step's helper importing inside itself) are not followed: a lower bound."""
     tree = ast.parse(script.read_text())
     used = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "dropnoise" for a in n.names}
     names = {f".{m}" for m in used}

@@ -117,19 +117,35 @@ def test_the_controls_intervals_cluster_by_both_of_a_trials_sentences():
     the perturbed one alone splits a sentence's trials over others' clusters; two-way clustering keeps them."""
     trials = control_trials(np.random.default_rng(3))
     two_way = stats.condition_tests(trials, "localization_control")
-    one_way = stats.condition_tests(trials.drop(columns="other_sentence_id"), "localization_control")
+    one_way = [stats.design_effect(cell.correct_primary.to_numpy(), cell.sentence_id.to_numpy())
+               for _, cell in trials.groupby("strength")]  # by the perturbed sentence alone
     clean = trials[trials.strength == 0]
     sport = clean.sentence_id.where(clean.sentence_id.str.startswith("sport"), clean.other_sentence_id)
     repeats = clean.groupby(sport).size()
     whole = (repeats**2).sum() / repeats.sum()  # Kish's m_w of the sentence that decides: clusters that always agree
     assert two_way.design_effect.to_numpy() == pytest.approx(whole, rel=0.02)
-    assert (one_way.design_effect < whole / 3).all()
+    assert max(one_way) < whole / 3
     bands = summary.summarize(trials.assign(logit_diff=0.0), "localization_control")
     mine = two_way[two_way.rule == "primary"].sort_values("strength")
     pooled = bands[bands.subset == "all"].sort_values("strength")
     assert pooled.ci_low_primary.to_numpy() == pytest.approx(mine.wilson_low.to_numpy())
-    slope = stats.dose_response(trials, "localization_control")
-    assert (slope.n_clusters == 10).all()
+    with pytest.raises(ValueError, match="no other_sentence_id"):  # a table from before it was recorded
+        stats.condition_tests(trials.drop(columns="other_sentence_id"), "localization_control")
+
+
+def test_the_controls_slope_is_two_way_and_never_narrower_than_either_way():
+    rng = np.random.default_rng(5)
+    trials = control_trials(rng, n_trials=300, n_sentences=8, strengths=(0.0, 0.25, 0.5, 0.75))
+    effect = dict(zip(sorted(set(trials.sentence_id) | set(trials.other_sentence_id)), rng.normal(0, 1, 16)))
+    logit = 1 - 2 * trials.strength + trials.sentence_id.map(effect) + trials.other_sentence_id.map(effect)
+    noisy = trials.assign(correct_primary=rng.random(len(trials)) < 1 / (1 + np.exp(-logit)))
+    row = stats.dose_response(noisy, "localization_control").iloc[0]
+    assert np.isfinite(row.slope) and row.slope_low < -2 < row.slope_high and row.n_clusters == 8
+    data = pd.DataFrame({"correct": noisy.correct_primary.astype(int), "strength": noisy.strength,
+                         **{f"sentence{k}": g for k, g in stats.clusterings(noisy, "localization_control").items()}})
+    for way in ("sentence_a", "sentence_b"):
+        one = stats.clustered_logit(data, "correct ~ strength", "strength", way)
+        assert row.slope_high - row.slope_low >= one["high"] - one["low"] - 1e-9
 
 
 def test_a_cell_right_on_every_trial_takes_its_curves_intra_sentence_correlation():

@@ -56,9 +56,10 @@ def test_shards_by_trials_split_the_base_trials_with_all_their_renderings(paper_
 
 def test_a_models_own_sentence_length_is_in_the_pool(paper_config):
     config = copy.deepcopy(paper_config)
-    assert 16 not in dnconfig.sentence_buckets(config)
+    assert 16 not in dnconfig.sentence_buckets(config, "qwen32b")
     config["models"]["qwen32b"]["settings"] = {"zero_shot": {"bucket": 16}}
-    assert 16 in dnconfig.sentence_buckets(config)
+    assert 16 in dnconfig.sentence_buckets(config, "qwen32b")
+    assert dnconfig.sentence_buckets(config, "llama8b") == dnconfig.sentence_buckets(paper_config, "llama8b")
 
 
 @pytest.mark.parametrize("where,value,message", [
@@ -226,20 +227,27 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
 
 
 def test_a_staged_folder_is_complete_or_absent_and_a_resumable_one_continues(tmp_path):
-    for resumable in (False, True):
-        folder = tmp_path / f"model-{resumable}"
+    def stopped(folder, resume):
         with pytest.raises(KeyboardInterrupt):
-            with outputs.staged_folder(folder, resumable) as tmp:
+            with outputs.staged_folder(folder, resume) as tmp:
                 (tmp / "shard-1.safetensors").write_text("done")
                 raise KeyboardInterrupt  # stopped halfway
+
+    for resume in (None, "repo@abc"):
+        folder = tmp_path / f"model-{resume is None}"
+        stopped(folder, resume)
         assert not folder.exists()
         left = [p.name for p in tmp_path.iterdir() if p.name.startswith(f".{folder.name}")]
-        assert left == ([f".{folder.name}.partial"] if resumable else [])
-        with outputs.staged_folder(folder, resumable) as tmp:
-            assert (tmp / "shard-1.safetensors").exists() == resumable  # the next attempt continues it
+        assert left == ([] if resume is None else [f".{folder.name}.partial"])
+        with outputs.staged_folder(folder, resume) as tmp:
+            assert (tmp / "shard-1.safetensors").exists() == (resume is not None)  # the next attempt continues it
             (tmp / "shard-2.safetensors").write_text("done")
-        assert folder.is_dir() and (folder / "shard-2.safetensors").exists()
+        assert sorted(p.name for p in folder.iterdir()) == ["shard-1.safetensors", "shard-2.safetensors"][resume is None:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model-False", "model-True"]
+    other = tmp_path / "other"
+    stopped(other, "repo@abc")
+    with outputs.staged_folder(other, "repo@def") as tmp:  # another revision: nothing of the old one is kept
+        assert list(tmp.iterdir()) == [tmp / outputs.STAGE_STAMP]
 
 
 @pytest.fixture(scope="module")

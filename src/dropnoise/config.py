@@ -39,7 +39,7 @@ KIND_KEYS = {
 # Keys that decide how and where jobs run, never what they compute (results do not depend on the batch size or on
 # how the work is split into jobs).
 SCHEDULING_KEYS = {
-    "models": ("gpus", "mem_mb", "runtime", "batch_size", "description"),
+    "models": ("mem_mb", "runtime", "batch_size", "description"),  # not gpus: `dtype: auto` is bfloat16 on GPU
     "inference": ("batch_size", "gpu_request", "gres_type"),
     "experiments": ("shards", "shard_by"),
 }
@@ -51,6 +51,9 @@ def results_config(config: dict) -> dict:
     out = copy.deepcopy(config)
     for field in SCHEDULING_KEYS["inference"]:
         out.get("inference", {}).pop(field, None)
+    out.get("density", {}).pop("batch_size", None)
+    for field in SCHEDULING_KEYS["experiments"]:
+        out.get("dynamics", {}).get("localization", {}).pop(field, None)
     for section in out.get("experiments", {}).values():
         for field in SCHEDULING_KEYS["experiments"]:
             section.pop(field, None)
@@ -365,12 +368,12 @@ def shard_trial_split(config: dict, model: str, experiment: str, index: int) -> 
     return None
 
 
-def sentence_buckets(config: dict) -> list[int]:
-    """Every sentence length any configured experiment draws from, a model's own settings included."""
+def sentence_buckets(config: dict, model: str | None = None) -> list[int]:
+    """Every sentence length `model`'s pool must hold: those of the configured experiments, and those of the
+    model's own settings (another model's own lengths are not drawn into its pool)."""
     buckets = set()
-    for name in config["experiments"]:
-        for key in config["models"]:
-            settings_ = settings(config, key, name)
+    for name, section in config["experiments"].items():
+        for settings_ in (section, settings(config, model, name) if model else section):
             buckets.update(settings_.get("buckets", []))
             if "bucket" in settings_:
                 buckets.add(settings_["bucket"])

@@ -69,7 +69,7 @@ from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparatio
 
 from .density import scale_column
 from .separation import separation
-from .stats import cell_terms, clusterings, curve_design_effects
+from .stats import cell_terms, clusterings, curve_design_effects, drop_terms
 
 DENSITY_TERMS = ("z_density", "z_density:strength_z")  # tested
 CLASS_TERM = "z_density:cls"  # density's effect on saying "dropout" (response bias): kept in both models
@@ -377,7 +377,7 @@ def source_contrast(tables: dict[tuple[str, str], pd.DataFrame]) -> pd.DataFrame
     # Wilson intervals on the effective sample size, as every accuracy band (stats.condition_tests)
     deff = curve_design_effects(table, ["model", "experiment", "perturbation", "source"])
     low, high = proportion_confint(table.accuracy * table.n_trials / deff, table.n_trials / deff, method="wilson")
-    table = table.drop(columns=[c for c in table if c.startswith(("icc_num", "icc_den", "cluster_size"))])
+    table = drop_terms(table)
     position = table.columns.get_loc("accuracy") + 1
     for offset, (name, values) in enumerate((("design_effect", deff), ("ci_low", low), ("ci_high", high))):
         table.insert(position + offset, name, values)

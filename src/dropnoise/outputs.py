@@ -41,27 +41,37 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+STAGE_STAMP = ".dropnoise_stage"
+
+
 @contextmanager
-def staged_folder(path: str | Path, resumable: bool = False):
+def staged_folder(path: str | Path, resume: str | None = None):
     """A hidden temporary sibling of folder `path`, renamed to `path` only when the block completes: a folder
-    under its final name is always complete. `resumable`: the sibling has a fixed name (`.<name>.partial`) and is
-    kept when the block fails, so that the next attempt continues it (a model download stopped at 40 of 64 GB)."""
+    under its final name is always complete. `resume`: what the folder is made from (e.g. a repository at a
+    revision); the sibling then has a fixed name (`.<name>.partial`) and is kept when the block fails, so that the
+    next attempt for the same source continues it (a model download stopped at 40 of 64 GB); one left by another
+    source is emptied first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if resumable:
+    if resume is not None:
         tmp = path.parent / f".{path.name}.partial"
+        stamp = tmp / STAGE_STAMP
+        if tmp.exists() and not (stamp.exists() and stamp.read_text() == resume):
+            shutil.rmtree(tmp)
         tmp.mkdir(exist_ok=True)
+        stamp.write_text(resume)
     else:
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     completed = False
     try:
         yield tmp
+        (tmp / STAGE_STAMP).unlink(missing_ok=True)
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)
         completed = True
     finally:
-        if not (resumable or completed):
+        if not (resume is not None or completed):
             shutil.rmtree(tmp, ignore_errors=True)
 
 

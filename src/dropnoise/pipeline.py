@@ -55,7 +55,8 @@ def prepare_model(key: str, config: dict, out: str | Path, root: str | Path = ".
 
     sentences.require_readable(sentences.configured_sources(config))
     entry = config["models"][key]
-    with outputs.staged_folder(out, resumable=entry["kind"] == "hf") as tmp:  # a stopped download resumes
+    source = json.dumps({k: entry.get(k) for k in ("repo_id", "revision", "chat_template")}, sort_keys=True)
+    with outputs.staged_folder(out, resume=source if entry["kind"] == "hf" else None) as tmp:  # downloads resume
         if entry["kind"] == "gguf_package":
             models.prepare_gguf_package(key, entry, tmp)
         elif entry["kind"] == "tiny":
@@ -97,7 +98,9 @@ def train_tiny(key: str, config: dict, out_dir: str, out_loss: str, root: str | 
     outputs.write_csv(losses, out_loss)
 
 
-def build_sentences(model_dir: str, config: dict, out: str, root: str | Path = ".") -> None:
+def build_sentences(model_dir: str, config: dict, out: str, root: str | Path = ".", model: str | None = None) -> None:
+    """The model's sentence pool (`model`: its registry key, whose own settings may add lengths; none: the
+    experiments' lengths only)."""
     from transformers import AutoTokenizer
 
     settings = config["sentences"]
@@ -108,7 +111,7 @@ def build_sentences(model_dir: str, config: dict, out: str, root: str | Path = "
         pool = sentences.bucket(
             sentences.candidates(source, config["seed"], grammar),
             tokenizer,
-            dnconfig.sentence_buckets(config),
+            dnconfig.sentence_buckets(config, model),
             settings["per_bucket"],
             settings["max_candidates"],
         )

@@ -170,13 +170,19 @@ def own_icc(num, den):
         return np.where(den > 0, num / den, np.nan)
 
 
-def clusterings(trials: pd.DataFrame) -> dict[str, np.ndarray]:
+def clusterings(trials: pd.DataFrame, experiment: str | None = None) -> dict[str, np.ndarray]:
     """How a table's trials cluster: suffix -> each row's cluster. By sentence (""), except in the topic control,
     whose trials show two different sentences, one from each topic of the pair (`other_sentence_id`: the one not
     perturbed), and whose answer depends on both (the question may ask about either): there by the sentence of the
     pair's first topic ("_a"), by that of its second ("_b") and by the two together ("_ab"), for the two-way
     cluster-robust variance (`combined`). Clustering by the perturbed sentence alone put half of each sentence's
-    trials in other sentences' clusters: simulated, 95% intervals covered 72% where both sentences matter."""
+    trials in other sentences' clusters: simulated, 95% intervals covered 72 to 75% where both sentences matter.
+    A control table without the second sentence (made before it was recorded) is an error, not one-way."""
+    if experiment == "localization_control" and (
+            "other_sentence_id" not in trials or (trials["other_sentence_id"].astype(str) == "").any()):
+        raise ValueError("the topic control's trial table has no other_sentence_id for some trials (it was made "
+                         "before the unperturbed sentence was recorded): rerun its prompts and inference, "
+                         "`snakemake --forcerun prompt_set <target>`")
     if "other_sentence_id" not in trials:
         return {"": trials["sentence_id"].to_numpy()}
     one, other = trials["sentence_id"].astype(str), trials["other_sentence_id"].astype(str)
@@ -213,7 +219,8 @@ def curve_design_effects(terms: pd.DataFrame, curve: list[str]) -> np.ndarray:
     effects = {}
     for suffix in (s for s in ("", "_a", "_b", "_ab") if f"icc_num{s}" in terms):
         own = own_icc(terms[f"icc_num{suffix}"], terms[f"icc_den{suffix}"])
-        borrowed = terms[curve].assign(own=own).groupby(curve, dropna=False)["own"].transform(borrowed_icc)
+        borrow = borrowed_icc if suffix != "_ab" else smallest_icc  # _ab is subtracted: its cautious value is small
+        borrowed = terms[curve].assign(own=own).groupby(curve, dropna=False)["own"].transform(borrow)
         rho = np.where(np.isnan(own), borrowed, own)
         effects[suffix] = np.maximum(1.0, 1 + (terms[f"cluster_size{suffix}"].to_numpy() - 1) * rho)
     return combined(effects)
@@ -229,6 +236,19 @@ def borrowed_icc(estimates) -> float:
     estimates = np.asarray(estimates, dtype=float)
     estimates = estimates[~np.isnan(estimates)]
     return float(np.clip(estimates.max(), 0, 1)) if estimates.size else 1.0
+
+
+def smallest_icc(estimates) -> float:
+    """What a two-way design effect's subtracted term (the pair of sentences, `combined`) borrows where a cell has
+    no estimate: the smallest of its curve's other cells, within [0, 1]; 0 where none has one."""
+    estimates = np.asarray(estimates, dtype=float)
+    estimates = estimates[~np.isnan(estimates)]
+    return float(np.clip(estimates.min(), 0, 1)) if estimates.size else 0.0
+
+
+def drop_terms(table: pd.DataFrame) -> pd.DataFrame:
+    """A table less the `cell_terms` columns, once its design effects are computed."""
+    return table.drop(columns=[c for c in table if c.startswith(("icc_num", "icc_den", "cluster_size"))])
 
 
 def cluster_totals(outcome: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -280,12 +300,15 @@ def clustered_logit(data: pd.DataFrame, formula: str, term: str, groups: str | l
             # every cluster answers the same at every value of the term: the clustered standard error collapses to 0
             return {**empty, "note": "outcome constant within every cluster: no within-cluster information"}
     codes = np.column_stack([pd.factorize(data[way])[0] for way in ways])
+    # two ways: the two-way fit and each one-way fit; the widest standard error of the term is kept, as `combined`
+    # keeps a design effect at least the larger one-way one (the two-way variance can fall below both, or below 0)
+    groupings = [codes[:, 0]] if len(ways) == 1 else [codes, codes[:, 0], codes[:, 1]]
+    model = smf.glm(formula, data, family=sm.families.Binomial())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            fit = smf.glm(formula, data, family=sm.families.Binomial()).fit(
-                cov_type="cluster", cov_kwds={"groups": codes[:, 0] if len(ways) == 1 else codes}, use_t=True
-            )
+            fits = [model.fit(cov_type="cluster", cov_kwds={"groups": g}, use_t=True) for g in groupings]
+            fit = max(fits, key=lambda f: np.nan_to_num(f.bse.get(term, np.nan), nan=-np.inf))
             separated = separation(pd.DataFrame(fit.model.exog, columns=fit.model.exog_names), fit.model.endog)
         except (ValueError, RuntimeError, np.linalg.LinAlgError) as err:
             return {**empty, "note": f"not estimable: {err}"}
@@ -324,7 +347,7 @@ def condition_tests(trials: pd.DataFrame, experiment: str, alpha: float = 0.05, 
     conditions = ["model", "experiment", *CONDITIONS[experiment]]
     rows = []
     for key, group in trials.groupby(conditions, sort=True):
-        clusters = clusterings(group)
+        clusters = clusterings(group, experiment)
         for rule in RULES:
             correct = group[f"correct_{rule}"].to_numpy(dtype=bool)
             n, k = len(correct), int(correct.sum())
@@ -339,7 +362,7 @@ def condition_tests(trials: pd.DataFrame, experiment: str, alpha: float = 0.05, 
     deff = curve_design_effects(table, curve)
     wilson = proportion_confint(table.correct / deff, table.n / deff, alpha=0.05, method="wilson")
     exact = proportion_confint(table.correct / deff, table.n / deff, alpha=0.05, method="beta")
-    table = table.drop(columns=[c for c in table if c.startswith(("icc_num", "icc_den", "cluster_size"))]).assign(
+    table = drop_terms(table).assign(
         design_effect=deff, wilson_low=wilson[0], wilson_high=wilson[1], cp_low=exact[0], cp_high=exact[1])
     table = table[[c for c in table if c != "p_value"] + ["p_value"]]
     columns = curve if family == "curve" else ["model", "experiment", "rule"]
@@ -351,7 +374,8 @@ def dose_response(trials: pd.DataFrame, experiment: str, rule: str = "primary", 
     curve = ["model", "experiment", *CURVES[experiment]]
     rows = []
     for key, group in trials.groupby(curve, sort=True):
-        clusters = {f"sentence{suffix}": groups for suffix, groups in clusterings(group).items() if suffix != "_ab"}
+        clusters = {f"sentence{suffix}": groups for suffix, groups in clusterings(group, experiment).items()
+                    if suffix != "_ab"}
         data = pd.DataFrame({
             "correct": group[f"correct_{rule}"].astype(int), "strength": group["strength"].astype(float), **clusters,
         })

@@ -35,10 +35,10 @@ def reads(experiment: str):
     return lambda name: name in columns
 
 
-def _accuracy(group: pd.DataFrame) -> pd.Series:
+def _accuracy(group: pd.DataFrame, experiment: str) -> pd.Series:
     """Counts per scoring rule and what the trials say about their intra-sentence correlation (`stats.icc_terms`);
     the intervals come after, once the curve's other cells are known (`_with_bands`)."""
-    clusters = {s: pd.factorize(g, sort=True)[0] for s, g in clusterings(group).items()}  # once, not per rule
+    clusters = {s: pd.factorize(g, sort=True)[0] for s, g in clusterings(group, experiment).items()}  # once, not per rule
     out = {"n": len(group), "n_sentences": group["sentence_id"].nunique()}
     for rule in RULES:
         correct = group[f"correct_{rule}"].to_numpy(dtype=bool)
@@ -68,7 +68,7 @@ def summarize(trials: pd.DataFrame, experiment: str) -> pd.DataFrame:
     curve = [c for c in condition if c not in STRENGTH_COLUMNS]
 
     def summarized(by: list[str], along: list[str]) -> pd.DataFrame:
-        return _with_bands(trials.groupby(by).apply(_accuracy, include_groups=False).reset_index(), along)
+        return _with_bands(trials.groupby(by).apply(_accuracy, experiment, include_groups=False).reset_index(), along)
 
     parts = [summarized(condition, curve).assign(subset="all")]
     if column is not None:

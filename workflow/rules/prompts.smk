@@ -9,7 +9,7 @@ rule sentences:
         "../../envs/inference.yaml",
     params:
         settings=config["sentences"],
-        buckets=dnconfig.sentence_buckets(config),
+        buckets=lambda wildcards: dnconfig.sentence_buckets(config, wildcards.model),
         seed=config["seed"],
     script:
         "../scripts/sentences.py"
