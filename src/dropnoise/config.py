@@ -39,9 +39,10 @@ KIND_KEYS = {
 # Keys that decide how and where jobs run, never what they compute (results do not depend on the batch size or on
 # how the work is split into jobs).
 SCHEDULING_KEYS = {
-    "models": ("mem_mb", "runtime", "batch_size", "description"),  # not gpus: `dtype: auto` is bfloat16 on GPU
+    "model": ("mem_mb", "runtime", "batch_size", "description"),  # not gpus: `dtype: auto` is bfloat16 on GPU
     "inference": ("batch_size", "gpu_request", "gres_type"),
-    "experiments": ("shards", "shard_by"),
+    "density": ("batch_size",),
+    "experiment": ("shards", "shard_by"),  # an experiment's settings, wherever they are given
 }
 
 
@@ -49,20 +50,14 @@ def results_config(config: dict) -> dict:
     """The configuration less its SCHEDULING_KEYS: what a report caption's hash identifies, so that giving a job
     more memory or another batch size reruns no table or figure."""
     out = copy.deepcopy(config)
-    for field in SCHEDULING_KEYS["inference"]:
-        out.get("inference", {}).pop(field, None)
-    out.get("density", {}).pop("batch_size", None)
-    for field in SCHEDULING_KEYS["experiments"]:
-        out.get("dynamics", {}).get("localization", {}).pop(field, None)
-    for section in out.get("experiments", {}).values():
-        for field in SCHEDULING_KEYS["experiments"]:
+    entries = list(out.get("models", {}).values())
+    experiments = [*out.get("experiments", {}).values(), out.get("dynamics", {}).get("localization", {}),
+                   *(section for entry in entries for section in entry.get("settings", {}).values())]
+    sections = [(out.get("inference", {}), "inference"), (out.get("density", {}), "density"),
+                *((entry, "model") for entry in entries), *((section, "experiment") for section in experiments)]
+    for section, kind in sections:
+        for field in SCHEDULING_KEYS[kind]:
             section.pop(field, None)
-    for entry in out.get("models", {}).values():
-        for field in SCHEDULING_KEYS["models"]:
-            entry.pop(field, None)
-        for section in entry.get("settings", {}).values():
-            for field in SCHEDULING_KEYS["experiments"]:
-                section.pop(field, None)
     return out
 
 

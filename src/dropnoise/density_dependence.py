@@ -64,12 +64,11 @@ import patsy
 import statsmodels.api as sm
 from scipy import sparse
 from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.proportion import proportion_confint
 from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationWarning
 
 from .density import scale_column
 from .separation import separation
-from .stats import cell_terms, clusterings, curve_design_effects, drop_terms
+from .stats import cell_terms, clusterings, curve_design_effects, drop_terms, effective_interval
 
 DENSITY_TERMS = ("z_density", "z_density:strength_z")  # tested
 CLASS_TERM = "z_density:cls"  # density's effect on saying "dropout" (response bias): kept in both models
@@ -376,7 +375,7 @@ def source_contrast(tables: dict[tuple[str, str], pd.DataFrame]) -> pd.DataFrame
         return table
     # Wilson intervals on the effective sample size, as every accuracy band (stats.condition_tests)
     deff = curve_design_effects(table, ["model", "experiment", "perturbation", "source"])
-    low, high = proportion_confint(table.accuracy * table.n_trials / deff, table.n_trials / deff, method="wilson")
+    low, high = effective_interval(table.accuracy * table.n_trials, table.n_trials, deff)
     table = drop_terms(table)
     position = table.columns.get_loc("accuracy") + 1
     for offset, (name, values) in enumerate((("design_effect", deff), ("ci_low", low), ("ci_high", high))):

@@ -62,16 +62,14 @@ def staged_folder(path: str | Path, resume: str | None = None):
         stamp.write_text(resume)
     else:
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    completed = False
     try:
         yield tmp
         (tmp / STAGE_STAMP).unlink(missing_ok=True)
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)
-        completed = True
     finally:
-        if not (resume is not None or completed):
+        if resume is None:  # (renamed away when the block completed)
             shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -55,19 +55,21 @@ def prepare_model(key: str, config: dict, out: str | Path, root: str | Path = ".
 
     sentences.require_readable(sentences.configured_sources(config))
     entry = config["models"][key]
-    source = json.dumps({k: entry.get(k) for k in ("repo_id", "revision", "chat_template")}, sort_keys=True)
-    with outputs.staged_folder(out, resume=source if entry["kind"] == "hf" else None) as tmp:  # downloads resume
+    # a stopped download resumes, from the same repository, revision and chat template only
+    source = {k: entry.get(k) for k in ("repo_id", "revision", "chat_template")}
+    resume = json.dumps(source, sort_keys=True) if entry["kind"] == "hf" else None
+    with outputs.staged_folder(out, resume) as tmp:
         if entry["kind"] == "gguf_package":
             models.prepare_gguf_package(key, entry, tmp)
         elif entry["kind"] == "tiny":
             models.prepare_tiny(key, entry, tmp, config["models"][entry["tokenizer_from"]], _chat_template(entry, root))
         elif entry["kind"] == "trained_tiny":
             models.prepare_trained(key, entry, tmp, Path(trained))
+        elif entry["kind"] == "local":
+            models.prepare_local(key, entry, tmp)
         else:
-            if entry["kind"] == "local":
-                models.prepare_local(key, entry, tmp)
-            else:
-                models.prepare_hf(key, entry, tmp)
+            models.prepare_hf(key, entry, tmp)
+        if entry["kind"] in ("hf", "local"):  # folders the workflow did not build
             models.adopt(key, tmp, _chat_template(entry, root))
     log.info("model folder ready: %s", out)
 

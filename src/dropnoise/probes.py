@@ -33,11 +33,10 @@ from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from statsmodels.stats.proportion import proportion_confint
 
 from .activations import CLEAN, SITES
 from .label_permutations import null_labels
-from .stats import borrowed_icc, design_effect, icc_terms, own_icc
+from .stats import borrowed_icc, design_effect, effective_interval, icc_terms, own_icc
 from .vocabulary import PERTURBATIONS, derive_seed
 
 FEATURES = ("linear", "norm", "shuffled")
@@ -192,7 +191,7 @@ def scores(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, icc: float = 1.
     [rows, K]): accuracy of the most probable class, the macro one-vs-rest AUROC without an interval."""
     hits = correct(y, proba)
     deff = design_effect(hits, groups, icc)
-    low, high = proportion_confint(hits.sum() / deff, len(y) / deff, alpha=0.05, method="wilson")
+    low, high = effective_interval(hits.sum(), len(y), deff)
     counts = np.bincount(y, minlength=2)
     if proba.ndim == 1:
         auroc, (auc_low, auc_high) = roc_auc_score(y, proba), auroc_interval(y, proba, groups)

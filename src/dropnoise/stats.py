@@ -219,31 +219,33 @@ def curve_design_effects(terms: pd.DataFrame, curve: list[str]) -> np.ndarray:
     effects = {}
     for suffix in (s for s in ("", "_a", "_b", "_ab") if f"icc_num{s}" in terms):
         own = own_icc(terms[f"icc_num{suffix}"], terms[f"icc_den{suffix}"])
-        borrow = borrowed_icc if suffix != "_ab" else smallest_icc  # _ab is subtracted: its cautious value is small
-        borrowed = terms[curve].assign(own=own).groupby(curve, dropna=False)["own"].transform(borrow)
+        borrowed = terms[curve].assign(own=own).groupby(curve, dropna=False)["own"].transform(
+            borrowed_icc, subtracted=suffix == "_ab")
         rho = np.where(np.isnan(own), borrowed, own)
         effects[suffix] = np.maximum(1.0, 1 + (terms[f"cluster_size{suffix}"].to_numpy() - 1) * rho)
     return combined(effects)
 
 
-def borrowed_icc(estimates) -> float:
+def borrowed_icc(estimates, subtracted: bool = False) -> float:
     """The intra-sentence correlation a cell without an estimate of its own takes from the other cells of its curve
     (strengths, or a probe's layers): the largest of their estimates (NaN: none), within [0, 1]; 1, the worst case,
     where none has one. Not a pooled estimate: the correlation of a trial's correctness differs along a curve by
     design (where the perturbed sentence's position, drawn per trial, is not detected, every trial is right with
     probability 1/2 whatever its sentence, so the chance cells' correlation is about 0 however much the sentence
-    decides detection elsewhere), and a pool would carry that 0 into the cells at 100%."""
+    decides detection elsewhere), and a pool would carry that 0 into the cells at 100%. `subtracted`: for a
+    two-way design effect's subtracted term (the pair of sentences, `combined`), where caution is the smallest
+    estimate, 0 where none has one."""
     estimates = np.asarray(estimates, dtype=float)
     estimates = estimates[~np.isnan(estimates)]
-    return float(np.clip(estimates.max(), 0, 1)) if estimates.size else 1.0
+    if not estimates.size:
+        return 0.0 if subtracted else 1.0
+    return float(np.clip(estimates.min() if subtracted else estimates.max(), 0, 1))
 
 
-def smallest_icc(estimates) -> float:
-    """What a two-way design effect's subtracted term (the pair of sentences, `combined`) borrows where a cell has
-    no estimate: the smallest of its curve's other cells, within [0, 1]; 0 where none has one."""
-    estimates = np.asarray(estimates, dtype=float)
-    estimates = estimates[~np.isnan(estimates)]
-    return float(np.clip(estimates.min(), 0, 1)) if estimates.size else 0.0
+def effective_interval(correct, n, deff, method: str = "wilson"):
+    """95% interval of a proportion on its effective sample size: the counts divided by the design effect
+    (elementwise; `method` as statsmodels' proportion_confint)."""
+    return proportion_confint(correct / deff, n / deff, alpha=0.05, method=method)
 
 
 def drop_terms(table: pd.DataFrame) -> pd.DataFrame:
@@ -360,8 +362,8 @@ def condition_tests(trials: pd.DataFrame, experiment: str, alpha: float = 0.05, 
     table = pd.DataFrame(rows)
     curve = [c for c in conditions if c not in STRENGTH_COLUMNS] + ["rule"]
     deff = curve_design_effects(table, curve)
-    wilson = proportion_confint(table.correct / deff, table.n / deff, alpha=0.05, method="wilson")
-    exact = proportion_confint(table.correct / deff, table.n / deff, alpha=0.05, method="beta")
+    wilson = effective_interval(table.correct, table.n, deff)
+    exact = effective_interval(table.correct, table.n, deff, method="beta")
     table = drop_terms(table).assign(
         design_effect=deff, wilson_low=wilson[0], wilson_high=wilson[1], cp_low=exact[0], cp_high=exact[1])
     table = table[[c for c in table if c != "p_value"] + ["p_value"]]

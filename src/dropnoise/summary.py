@@ -13,9 +13,8 @@ of `stats.condition_tests` for the same trials).
 from __future__ import annotations
 
 import pandas as pd
-from statsmodels.stats.proportion import proportion_confint
 
-from .stats import CLUSTER_COLUMNS, cell_terms, clusterings, curve_design_effects
+from .stats import CLUSTER_COLUMNS, cell_terms, clusterings, curve_design_effects, effective_interval
 from .vocabulary import RULES, STRENGTH_COLUMNS
 
 CONDITIONS = {
@@ -55,8 +54,7 @@ def _with_bands(part: pd.DataFrame, curve: list[str]) -> pd.DataFrame:
         mine = [c for c in part if c.endswith(f"/{rule}")]
         terms = part[curve].assign(**{c.removesuffix(f"/{rule}"): part.pop(c) for c in mine})
         deff = curve_design_effects(terms, curve)
-        low, high = proportion_confint(part[f"accuracy_{rule}"] * part.n / deff, part.n / deff, alpha=0.05,
-                                       method="wilson")
+        low, high = effective_interval(part[f"accuracy_{rule}"] * part.n, part.n, deff)
         position = part.columns.get_loc(f"accuracy_{rule}") + 1
         part.insert(position, f"ci_low_{rule}", low)
         part.insert(position + 1, f"ci_high_{rule}", high)
