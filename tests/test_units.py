@@ -295,6 +295,11 @@ def test_control_trials_ask_about_one_topic_and_perturb_independently(smol_token
         topic, number = trial.other_sentence_id.rsplit("-", 1)
         assert trial.text.split(f"Sentence {other}: ")[1].startswith(groups[topic]["sentences"][int(number)])
         assert topic != trial.sentence_id.rsplit("-", 1)[0] and topic in groups
+        # The paper's wording: the topic asked about is named before the sentences and in the question, and the
+        # prompt never says that anything will be perturbed (it tests comprehension, not detection).
+        asked = groups[trial.question_group]["topic"]
+        assert trial.text.split("Sentence A: ")[0].count(asked) == 1 and f"is {asked}?" in trial.text
+        assert "perturb" not in trial.text.lower()
     assert (trials.answer != trials.target).any() and (trials.answer == trials.target).any()
 
 

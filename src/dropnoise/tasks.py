@@ -29,7 +29,7 @@ from .vocabulary import PERTURBATIONS, derive_seed
 EXPERIMENTS = ("localization", "localization_control", "zero_shot", "few_shot")
 PLACEHOLDERS = {
     "localization": {"turns": {"sentence_a", "sentence_b"}},
-    "localization_control": {"turns": {"sentence_a", "sentence_b", "topic_question"}},
+    "localization_control": {"turns": {"sentence_a", "sentence_b", "topic"}},
     "zero_shot": {"turns": {"sentence", "option_a", "option_b"}},
     "few_shot": {"intro": set(), "teaching": {"sentence", "label"}, "test": {"sentence", "option_a", "option_b"}},
 }
@@ -146,7 +146,7 @@ def control_trials(tokenizer, template, samples: int, seed: int) -> list[dict]:
             fields = {
                 "sentence_a": sentences[template.letters[0]],
                 "sentence_b": sentences[template.letters[1]],
-                "topic_question": groups[asked]["question"],
+                "topic": groups[asked]["topic"],
             }
             trials.append(_trial(tokenizer, template, variant, fields, sentences, target, answer, meta))
     return _numbered(trials)
