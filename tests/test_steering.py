@@ -142,19 +142,21 @@ def test_mass_mean_recovers_a_planted_difference_and_shuffled_labels_give_little
     assert estimate @ planted / (np.linalg.norm(estimate) * np.linalg.norm(planted)) > 0.95
     assert np.linalg.norm(estimate) == pytest.approx(np.linalg.norm(planted), rel=0.15)
     perturbation = np.where(y == 1, "noise", "dropout")
-    mass, random, shuffled = steering.build("noise_minus_dropout", X, perturbation, "projection_sd", seed=4)
+    units = [np.arange(2000), np.arange(2000), np.arange(2000) // 2]  # two rows per sentence, one of each class
+    mass, random, shuffled = steering.build("noise_minus_dropout", X, perturbation, units, "projection_sd", seed=4)
     assert (mass.kind, random.kind, shuffled.kind) == steering.KINDS
     assert shuffled.raw_norm < 0.2 * mass.raw_norm
     assert mass.size == random.size == shuffled.size  # controls are injected with the vector's norm
     assert mass.size == pytest.approx(np.std(X @ mass.direction))
     for vector in (mass, random, shuffled):
         assert np.linalg.norm(vector.direction) == pytest.approx(1.0)
-    again = steering.build("noise_minus_dropout", X, perturbation, "projection_sd", seed=4)
+    again = steering.build("noise_minus_dropout", X, perturbation, units, "projection_sd", seed=4)
     assert np.array_equal(again[1].direction, random.direction) and np.array_equal(again[2].direction, shuffled.direction)
-    clean = steering.build("perturbed_minus_clean", X, np.where(y == 1, "dropout", "none"), "residual_norm", seed=4)[0]
+    clean = steering.build("perturbed_minus_clean", X, np.where(y == 1, "dropout", "none"), units, "residual_norm",
+                           seed=4)[0]
     assert clean.direction @ mass.direction > 0.95 and clean.size == pytest.approx(np.linalg.norm(X, axis=1).mean())
     with pytest.raises(steering.SteeringError, match="one side"):
-        steering.build("noise_minus_dropout", X, np.full(2000, "noise"), "projection_sd", seed=4)
+        steering.build("noise_minus_dropout", X, np.full(2000, "noise"), units, "projection_sd", seed=4)
 
 
 def test_dev_split_is_by_sentence_seeded_and_keeps_both_classes_on_both_sides():
@@ -213,3 +215,18 @@ def test_bad_steering_settings_fail_the_config_check(paper_config, change, messa
     config["probes"]["steering"]["enabled"] = False
     if "steering" in change:
         dnconfig.check(config, root=ROOT)
+
+
+def test_shuffled_label_control_moves_whole_trials_as_the_design_draws_them():
+    """Each dev trial gives rows at several strengths of one class: with trial effects and no class effect the real
+    mass-mean difference is label noise alone, and the control must be as large; a row shuffle would average the
+    trial effects away and show much less."""
+    rng = np.random.default_rng(1)
+    trials = np.repeat(np.arange(40), 5)
+    X = rng.normal(scale=3.0, size=(40, 32))[trials] + rng.normal(scale=0.1, size=(200, 32))
+    perturbation = np.where(trials % 2, "noise", "dropout")
+    units = [trials, trials, trials]
+    mass, _, shuffled = steering.build("noise_minus_dropout", X, perturbation, units, "projection_sd", seed=3)
+    row_shuffle = np.linalg.norm(steering.mass_mean(X, rng.permutation(perturbation == "noise")))
+    assert 0.6 * mass.raw_norm < shuffled.raw_norm < 1.6 * mass.raw_norm
+    assert row_shuffle < 0.6 * shuffled.raw_norm

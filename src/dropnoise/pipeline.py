@@ -480,7 +480,8 @@ def steering_table(model_key: str, model_dir: str, prompt_file: str, grid_file: 
     dev_rows = np.isin(keys["trial_id"], trials.trial_id[in_dev].to_numpy())
     X = sites["answer"][dev_rows, list(keys["layers"]).index(layer)]
     perturbation = keys["perturbation"][dev_rows]
-    vectors = steering.build("noise_minus_dropout", X, perturbation, settings["unit"], seed)
+    dev_trials = keys["trial_id"][dev_rows]
+    vectors = steering.build("noise_minus_dropout", X, perturbation, _units(dev_trials, records), settings["unit"], seed)
     test = [records[i] for i in steering.held_out(trials[~in_dev], settings["trials"], seed)]
     grid = json.loads(Path(grid_file).read_text())
     level = {kind: len(grid[kind]) // 2 if settings["level"] is None else settings["level"] for kind in PERTURBATIONS}
@@ -502,7 +503,9 @@ def steering_table(model_key: str, model_dir: str, prompt_file: str, grid_file: 
         answer = activations.SITES.index("answer")
         extra = [recorder.rows[(i, activations.CLEAN, 0.0)][answer, 0].astype(np.float32) for i in missing]
         X, perturbation = np.concatenate([X, extra]), np.concatenate([perturbation, [activations.CLEAN] * len(missing)])
-    vectors += steering.build("perturbed_minus_clean", X, perturbation, settings["unit"], seed)
+        dev_trials = np.concatenate([dev_trials, missing])
+    vectors += steering.build("perturbed_minus_clean", X, perturbation, _units(dev_trials, records), settings["unit"],
+                              seed)
     log.info("layer %d, %d dev rows (%d clean passes added), %d held-out trials, %d guard sentences; vector norms: %s",
              layer, len(X), len(missing), len(test), len(texts),
              {f"{v.vector}/{v.kind}": round(v.raw_norm, 3) for v in vectors})
@@ -537,6 +540,13 @@ def steering_table(model_key: str, model_dir: str, prompt_file: str, grid_file: 
     mass = table[table.kind == "mass_mean"][["vector", "base", "scale", "logit_diff", "frac_noise", "ppl_ratio"]]
     log.info("mass-mean dose-response:\n%s", mass.to_string(index=False))
     outputs.write_csv(table, out)
+
+
+def _units(trial_ids, records: dict) -> list[np.ndarray]:
+    """Each row's trial, base trial and sentence: the design's units, finest first (label_permutations)."""
+    import numpy as np
+
+    return [np.asarray(trial_ids), *(np.array([records[i][key] for i in trial_ids]) for key in ("base_id", "sentence_id"))]
 
 
 def dynamics_table(steps: dict[str, int], summaries: list[str], probe_files: list[str], mi_files: list[str],

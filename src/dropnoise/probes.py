@@ -188,7 +188,10 @@ def scores(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, icc: float = 1.
     Rows of one sentence are not independent: the accuracy's interval uses the effective sample size n / deff,
     deff the design effect of the rows' correctness by sentence (`icc`, the intra-sentence correlation, where the
     rows estimate none: `layer_icc`); the AUROC's variance is clustered by sentence. Three or more classes (proba
-    [rows, K]): accuracy of the most probable class, the macro one-vs-rest AUROC without an interval."""
+    [rows, K]): accuracy of the most probable class, the macro one-vs-rest AUROC without an interval. The intervals
+    are descriptive: they take cross-fitted predictions as one fixed classifier's, while the fold models share most
+    of their training rows, so near chance they are too narrow (README "Inside the model"); the shuffled-label
+    baseline is the reference a probe is read against."""
     hits = correct(y, proba)
     deff = design_effect(hits, groups, icc)
     low, high = effective_interval(hits.sum(), len(y), deff)

@@ -26,6 +26,7 @@ from statsmodels.stats.proportion import proportion_confint
 
 from . import engine
 from .activations import CLEAN
+from .label_permutations import null_labels
 from .models import decoder_layers
 from .vocabulary import PERTURBATIONS, derive_seed
 
@@ -106,8 +107,12 @@ class Vector:
     raw_norm: float
 
 
-def build(vector: str, X: np.ndarray, perturbation: np.ndarray, unit: str, seed: int) -> list[Vector]:
-    """A mass-mean vector on dev rows X (their perturbation per row) and its two controls, all of its size."""
+def build(vector: str, X: np.ndarray, perturbation: np.ndarray, units: list[np.ndarray], unit: str,
+          seed: int) -> list[Vector]:
+    """A mass-mean vector on dev rows X (their perturbation per row) and its two controls, all of its size. The
+    shuffled-label control draws its labels as the design could have (`label_permutations.null_labels` over the
+    rows' `units`: trial, base trial, sentence): a trial's rows at several strengths of one class move together,
+    so shuffling single rows would make label noise alone look smaller than it is."""
     keep, y = contrast(vector, perturbation)
     X = X[keep]
     if y.all() or not y.any():
@@ -116,7 +121,7 @@ def build(vector: str, X: np.ndarray, perturbation: np.ndarray, unit: str, seed:
     direction = difference / np.linalg.norm(difference)
     size = float(np.std(X @ direction)) if unit == "projection_sd" else float(np.linalg.norm(X, axis=1).mean())
     rng = np.random.default_rng(derive_seed(seed, "steering", vector))
-    shuffled = mass_mean(X, rng.permutation(y))
+    shuffled = mass_mean(X, null_labels(y, [u[keep] for u in units], 1, derive_seed(seed, "steering", vector, "shuffled"))[:, 0])
     random = rng.standard_normal(X.shape[1])
     return [
         Vector(vector, "mass_mean", direction, size, float(np.linalg.norm(difference))),
