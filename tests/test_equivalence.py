@@ -45,6 +45,15 @@ def test_the_monotone_range_starts_where_the_curve_leaves_its_floor_and_ends_at_
     assert dropout.level.notna().tolist() == [0.1 < p <= 0.5 for p in DROPOUT]
 
 
+def test_edge_rules_follow_the_reference_a_steep_rise_keeps_two_points_and_a_flat_noise_fit_matches_nothing():
+    assert equivalence.monotone_range(np.array([-0.7, -0.7, -0.02, -0.69])) == slice(1, 3)  # not the peak alone
+    assert equivalence.monotone_range(np.array([0.0, 0.05, 0.5, 1.0])) == slice(1, 4)  # at the threshold counts
+    assert equivalence.monotone_range(np.array([1.0, 0.2, 0.1])) == slice(0, 1)  # a peak first stands alone
+    dropout = pd.DataFrame({"strength": [0.2, 0.4], "level": [-1.0, -0.5]})
+    flat = pd.DataFrame({"strength": [0.1, 0.2], "level": [-1.0, -1.0]})
+    assert np.isnan(equivalence.match(dropout, flat)).all()  # one level: no sigma, not an exact-level match
+
+
 def test_noise_plateaus_invert_to_their_smallest_sigma_and_noisy_curves_are_made_monotone():
     plateau = lambda s: -2 + 4 * min(s, 0.2)  # noqa: E731  flat from sigma = 0.2: every level above is its plateau
     fitted = equivalence.curves(localization(np.random.default_rng(2), noise=plateau))

@@ -4,11 +4,12 @@ which noise sigma makes a sentence as easy to localize as dropout rate p?
 Per condition (model x sentence length) and perturbation, the localization curve is the mean log-probability of
 the correct letter's primary token against strength (`log_prob_correct`), with its standard error clustered by
 sentence. As the reference:
-1. the monotone range: from the first point above min + 5% of the dynamic range before the peak, up to the peak;
+1. the monotone range: from the first point at or above min + 5% of the dynamic range before the peak, up to the
+   peak, and at least the two points up to the peak where the peak is not the first point;
 2. an increasing isotonic regression (scikit-learn) of each curve within its range;
 3. the noise fit's plateaus dropped (the smallest sigma of each fitted level kept), so that it can be inverted;
 4. the noise fit inverted by linear interpolation at the dropout fit's levels: the matched sigma of each p, missing
-   outside the levels the noise fit reaches.
+   outside the levels the noise fit reaches, and everywhere where fewer than two distinct levels are left.
 Strength 0, where the grids have it, is the clean pass: kept in the curves (the figure draws it), but left out of the
 ranges and fits as the reference's sweeps (from p = 0.05) had it, so that a dip below the clean value before the
 rise cannot pool the clean point into a level no perturbed point has, nor make sigma = 0 a match.
@@ -48,13 +49,14 @@ def _curve(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def monotone_range(means: np.ndarray) -> slice:
-    """The points of a curve (sorted by strength) from the first one above min + 5% of the pre-peak dynamic range
-    up to the peak."""
+    """The points of a curve (sorted by strength) from the first one at or above min + 5% of the pre-peak dynamic
+    range up to the peak, and no fewer than two where the peak has a point before it (a steep rise would otherwise
+    leave the peak alone, a level nothing can be interpolated to)."""
     peak = int(np.argmax(means))
     floor = means[: peak + 1].min()
     threshold = floor + RANGE_FLOOR * (means[peak] - floor)
-    start = next(i for i in range(peak + 1) if means[i] > threshold or i == peak)
-    return slice(start, peak + 1)
+    start = next(i for i in range(peak + 1) if means[i] >= threshold)
+    return slice(min(start, max(peak - 1, 0)), peak + 1)
 
 
 def _fit(points: pd.DataFrame) -> pd.Series:
@@ -83,9 +85,12 @@ def curves(trials: pd.DataFrame) -> pd.DataFrame:
 
 def match(dropout: pd.DataFrame, noise: pd.DataFrame) -> np.ndarray:
     """Each fitted dropout point's matched sigma: the noise fit (sorted by strength), plateaus dropped (the smallest
-    sigma of each level), inverted by linear interpolation at the dropout level; NaN outside the noise fit's levels."""
+    sigma of each level), inverted by linear interpolation at the dropout level; NaN outside the noise fit's levels,
+    and everywhere when it has one level only (a flat fit inverts to no sigma)."""
     inverse = noise.drop_duplicates("level", keep="first")
     levels, sigmas = inverse.level.to_numpy(), inverse.strength.to_numpy()
+    if len(levels) < 2:
+        return np.full(len(dropout), np.nan)
     inside = (dropout.level >= levels.min()) & (dropout.level <= levels.max())
     return np.where(inside, np.interp(dropout.level, levels, sigmas), np.nan)
 
