@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import subprocess
@@ -198,6 +199,26 @@ def test_schema_problems_are_listed_together_by_key():
     assert "models.llama8b: Additional properties are not allowed ('runtme' was unexpected)" in problems
     assert "sentences.mix[0]: 'path' is a required property" in problems
     assert len(problems) == 2
+
+
+def test_grids_without_strengths_fail_before_any_job():
+    """An empty list, or an explicit zero-/few-shot grid without noise, once ran to a header-only table or to trials
+    of one class only, with exit status 0."""
+    paper = yaml.safe_load((ROOT / "config.yaml").read_text())
+    paper["experiments"]["localization"]["grid"]["dropout"] = []
+    paper["models"]["llama8b"]["strength_grid"] = {"dropout": [0.1, 0.2]}
+    problems = dnconfig.schema_problems(paper, ROOT / "workflow/schemas/config.schema.yaml")
+    assert "experiments.localization.grid.dropout: [] should be non-empty" in problems
+    assert any(p.startswith("models.llama8b.strength_grid:") for p in problems) and len(problems) == 2
+
+
+def test_an_auto_grid_needs_localization_strengths_above_zero(paper_config):
+    config = copy.deepcopy(paper_config)
+    config["models"]["llama8b"]["strength_grid"] = "auto"
+    config["models"]["llama8b"]["grids"] = {"localization": {"noise": [0.0]}}
+    with pytest.raises(dnconfig.ConfigError, match=r"models.llama8b.strength_grid: auto needs a noise strength above 0 "
+                                                   r"in the localization grid"):
+        dnconfig.check(config, root=ROOT)
 
 
 def test_tiny_preset_end_to_end(tmp_path):

@@ -110,6 +110,11 @@ def check(config: dict, root: str | Path = ".") -> None:
             for needed in ("localization", "localization_control"):
                 if needed not in config["experiments"]:
                     problems.append(f"models.{key}.strength_grid: auto needs experiments.{needed} (its results set the range)")
+                    continue
+                for kind in PERTURBATIONS:  # the range is read off the strengths above 0 that ran
+                    if not any(v > 0 for v in expand_grid(grid(config, key, needed).get(kind, []))):
+                        problems.append(f"models.{key}.strength_grid: auto needs a {kind} strength above 0 in the "
+                                        f"{needed} grid (experiments.{needed}.grid or models.{key}.grids.{needed})")
     for name in config["run"]["experiments"]:
         if name not in config["experiments"]:
             problems.append(f"run.experiments: '{name}' has no settings under experiments.{name}")
@@ -122,10 +127,10 @@ def check(config: dict, root: str | Path = ".") -> None:
             if name in config["experiments"] and {"shards", "samples_per_condition", "shard_by"} & set(own):
                 where = "dynamics.localization" if "checkpoint_of" in entry else f"models.{key}.settings.{name}"
                 problems += _sharding_problems(where, settings(config, key, name))
-    for where, grid in _grids(config):
+    for where, spec in _grids(config):
         for kind in PERTURBATIONS:
-            problems += [f"{where}.{kind}: {problem}" for problem in map(_range_problem, grid.get(kind, [])) if problem]
-            values = expand_grid(grid.get(kind, []))
+            problems += [f"{where}.{kind}: {problem}" for problem in map(_range_problem, spec.get(kind, [])) if problem]
+            values = expand_grid(spec.get(kind, []))
             if kind == "dropout" and any(v >= 1 for v in values):
                 problems.append(f"{where}.dropout: dropout rates must be < 1, got {max(values)}")
     aliases = None

@@ -202,6 +202,9 @@ def run_shard(model_key: str, model_dir: str, prompt_file: str, experiment: str,
     else:
         strengths = {kind: tasks.expand_grid(values) for kind, values in dnconfig.grid(config, model_key, experiment).items()}
     trials = outputs.read_jsonl(prompt_file)
+    if not conditions or not trials:  # a table of no rows would look like a finished run
+        raise ValueError(f"{model_key}/{experiment}: this shard has {len(trials)} trials and {len(conditions)} "
+                         f"conditions; check experiments.{experiment} and models.{model_key} (grids, samples)")
     template = load_template(dnconfig.template(config, model_key, experiment), tasks.PLACEHOLDERS[experiment])
     model, tokenizer = _load_model(model_key, model_dir, config, threads)
     perturbation = config["perturbation"]
