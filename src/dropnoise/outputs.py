@@ -22,19 +22,38 @@ import pandas as pd
 PACKAGES = ("dropnoise", "torch", "transformers", "tokenizers", "accelerate", "numpy", "pandas", "snakemake")
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+UMASK = os.umask(0o022)
+os.umask(UMASK)  # (read by setting it: the process's umask, restored at once)
+
+
+def _publish(tmp: str | Path, path: Path, mode: int) -> None:
+    """Rename a finished temporary file or folder into place with the permissions the umask gives a new one
+    (temporary names are created private, 0600/0700: a group sharing the project folder could not read them)."""
+    os.chmod(tmp, mode & ~UMASK)
+    os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = ".tmp"):
+    """A temporary file name beside `path`, for the block to write; renamed to `path` only when the block
+    completes, removed when it fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        yield tmp
+        _publish(tmp, path, 0o666)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -67,7 +86,7 @@ def staged_folder(path: str | Path, resume: str | None = None):
         (tmp / STAGE_STAMP).unlink(missing_ok=True)
         if path.exists():
             shutil.rmtree(path)
-        tmp.rename(path)
+        _publish(tmp, path, 0o777)
     finally:
         if resume is None:  # (renamed away when the block completed)
             shutil.rmtree(tmp, ignore_errors=True)

@@ -6,8 +6,6 @@ formats atomically (an interrupted job never leaves a complete-looking figure).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +13,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
+
+from .outputs import atomic_path  # noqa: E402
 
 COLUMN_WIDTH = 3.3  # inches: one column of a two-column paper
 FULL_WIDTH = 6.9  # inches: both columns
@@ -50,18 +50,11 @@ def figure(ncols: int = 1, nrows: int = 1, width: float = COLUMN_WIDTH, height: 
 def save(fig, stem: str | Path) -> list[Path]:
     """Write `stem`.pdf and `stem`.png (each via a temporary file renamed into place) and close the figure."""
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for suffix in (".pdf", ".png"):
         path = stem.with_suffix(suffix)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-        os.close(fd)
-        try:
+        with atomic_path(path, suffix) as tmp:
             fig.savefig(tmp, format=suffix[1:])
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         written.append(path)
     plt.close(fig)
     return written
