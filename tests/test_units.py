@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -144,6 +146,29 @@ def test_a_local_model_folder_is_linked_checked_and_loads_as_saved(tmp_path, pap
     ids = torch.tensor([tokenizer("The cat sat.")["input_ids"]])
     assert torch.equal(model(ids).logits, saved(ids).logits)
     assert tokenizer.chat_template == smol_tokenizer.chat_template
+
+
+def test_a_download_the_hub_could_not_finish_is_not_taken_for_a_model(tmp_path, paper_config, smol_tokenizer,
+                                                                      monkeypatch):
+    """Offline, the hub client returns a stopped download's folder as it is, without an error."""
+    import huggingface_hub
+
+    snapshot = tmp_path / "snapshot"
+    build_tiny("llama", vocab_size=len(smol_tokenizer)).save_pretrained(snapshot, max_shard_size="200KB")
+    smol_tokenizer.save_pretrained(snapshot)
+    shards = sorted(p.name for p in snapshot.glob("model-*.safetensors"))
+    assert len(shards) > 1
+
+    def stopped(local_dir, **kwargs):  # every file but the last shard
+        for item in snapshot.iterdir():
+            if item.name != shards[-1]:
+                shutil.copy(item, Path(local_dir) / item.name)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", stopped)
+    entry = {"kind": "hf", "repo_id": "me/tiny", "revision": "0" * 40, "gpus": 0}
+    with pytest.raises(models.ModelError, match=f"models.tiny: the model folder is incomplete, it lacks {shards[-1]}"):
+        pipeline.prepare_model("tiny", _synthetic(paper_config, tiny=entry), tmp_path / "models/tiny", root=ROOT)
+    assert not (tmp_path / "models/tiny").exists()
 
 
 def test_a_local_base_model_needs_a_chat_template_which_the_entry_can_give(tmp_path, paper_config, smol_tokenizer):

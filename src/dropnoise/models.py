@@ -221,6 +221,18 @@ def prepare_local(key: str, entry: dict, out: Path) -> None:
     write_marker(out, key, entry, revision=f"local:{source}:{fingerprint.hexdigest()[:16]}")
 
 
+def missing_files(folder: Path) -> list[str]:
+    """What a transformers folder lacks of its config and weights: every shard its safetensors index names, or
+    one safetensors file where it has no index."""
+    if not (folder / "config.json").is_file():
+        return ["config.json"]
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [name for name in shards if not (folder / name).is_file()]
+    return [] if any(folder.glob("*.safetensors")) else ["model.safetensors"]
+
+
 def adopt(key: str, folder: Path, chat_template: str | None) -> None:
     """An hf or local folder, which the workflow did not build: write the entry's chat template where transformers
     reads it first (chat_template.jinja wins over the tokenizer config's), then check what the jobs will need, so
@@ -229,6 +241,14 @@ def adopt(key: str, folder: Path, chat_template: str | None) -> None:
     prompt is a chat)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    missing = missing_files(folder)
+    if missing:
+        raise ModelError(
+            f"models.{key}: the model folder is incomplete, it lacks {', '.join(missing)}: a download stopped before "
+            "its end and the hub could not be reached to finish it (the client then returns what it has without an "
+            "error), or a `local` folder without its weights. Run `prepare_model` where the network is (it continues "
+            "the download), or point `path` at a complete snapshot."
+        )
     if chat_template is not None:
         (folder / "chat_template.jinja").unlink(missing_ok=True)  # a link into the user's folder: replace, not write
         (folder / "chat_template.jinja").write_text(chat_template)
