@@ -147,6 +147,9 @@ def few_shot_heatmap(summary: pd.DataFrame, canonical: str, rule: str = "primary
     rows = _pooled(summary)
     k = rows["k"].min()
     rows = rows[(rows["k"] == k) & (rows["label_condition"] == "correct") & (rows["alias"] == canonical)]
+    if rows.empty:
+        raise ValueError(f"the few-shot heatmap reads the correct-label trials of alias {canonical}; this run has none "
+                         "(experiments.few_shot.label_conditions lacks `correct`)")
     fig, axes = style.figure(width=style.COLUMN_WIDTH, height=2.9)
     _heatmap(axes[0][0], rows.assign(value=100 * rows[f"accuracy_{rule}"]), "value", ".0f",
              cmap="viridis", vmin=0, vmax=100)

@@ -152,11 +152,14 @@ def stats_inputs(wildcards):
 
 
 def figure_models(name):
-    """The models a figure draws: those that ran its experiment (with a canonical alias, for few-shot figures)."""
+    """The models a figure draws: those that ran its experiment (with a canonical alias, for few-shot figures, and
+    correct teaching labels for the heatmap)."""
     experiment = PAPER_FIGURES.get(name) or MODEL_FIGURES[name]
     models = [m for m in config["run"]["models"] if ran(m, experiment)]
     if experiment == "few_shot":
         models = [m for m in models if has_canonical(m, experiment)]
+    if name == "fig5_few_shot_heatmap":
+        models = [m for m in models if "correct" in dnconfig.settings(config, m, experiment)["label_conditions"]]
     if name == "fig6_flipped_labels":
         models = [m for m in models if table_applies("label_pairs", m, experiment)]
     return models
