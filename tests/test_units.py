@@ -113,6 +113,17 @@ def test_tiny_model_folder_round_trip(tmp_path, paper_config):
     assert models.read_marker(tmp_path)["revision"] == "random:seed=0"
 
 
+def test_a_layer_range_the_model_lacks_fails_with_the_prompts_not_in_inference(tmp_path, paper_config):
+    entry = paper_config["models"]["tiny-gemma3"]  # multimodal config: the layer count is its text config's
+    template = (ROOT / "data/chat_templates/gemma3.jinja").read_text()
+    models.prepare_tiny("tiny-gemma3", entry, tmp_path, paper_config["models"]["smollm2-135m"], template)
+    config = copy.deepcopy(paper_config)
+    config["perturbation"]["layers"] = [0, 10]
+    with pytest.raises(ValueError, match=r"perturbation.layers: layer range \[0, 10\] is outside the model's 2 "
+                                         r"layers \(0 to 1, or negative from the end\) \(model tiny-gemma3\)"):
+        pipeline.build_prompt_set("tiny-gemma3", str(tmp_path), "localization", config, None, tmp_path / "p.jsonl")
+
+
 def test_missing_model_folder_and_offline_hub_are_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(models.ModelError, match="missing or incomplete"):
         models.load(tmp_path / "nope")

@@ -74,6 +74,18 @@ def perturb(x: torch.Tensor, draws: torch.Tensor, dropout: torch.Tensor, strengt
     return torch.where(dropout[:, None], dropped, noised)
 
 
+def layer_span(layers: Sequence[int] | None, n: int) -> tuple[int, int]:
+    """The first and last hooked layer (inclusive) of `layers` ([first, last], negative from the end; None: all)
+    in a stack of n layers."""
+    if layers is not None and not all(-n <= i < n for i in layers):
+        raise ValueError(f"layer range {list(layers)} is outside the model's {n} layers (0 to {n - 1}, or negative "
+                         "from the end)")
+    first, last = (0, n - 1) if layers is None else (layers[0] % n, layers[1] % n)
+    if first > last:
+        raise ValueError(f"layer range {list(layers)} is empty for a model with {n} layers")
+    return first, last
+
+
 @dataclass
 class _Batch:
     """A pass's perturbed tokens, flattened: batch row and column of each, its perturbation, the draw streams
@@ -105,12 +117,7 @@ class SpanPerturber:
         if unknown:
             raise ValueError(f"unknown hook site(s) {sorted(unknown)}; expected any of {SITES}")
         blocks = decoder_layers(model)
-        n = len(blocks)
-        if layers is not None and not all(-n <= i < n for i in layers):
-            raise ValueError(f"layer range {layers} is outside the model's {n} layers")
-        first, last = (0, n - 1) if layers is None else (layers[0] % n, layers[1] % n)
-        if first > last:
-            raise ValueError(f"layer range {layers} is empty for a model with {n} layers")
+        first, last = layer_span(layers, len(blocks))
         self._targets = []
         for index in range(first, last + 1):
             for site in sites:

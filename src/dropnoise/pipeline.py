@@ -142,6 +142,7 @@ def build_prompt_set(model_key: str, model_dir: str, experiment: str, config: di
     from transformers import AutoTokenizer
 
     settings = dnconfig.settings(config, model_key, experiment)
+    _check_layers(config["perturbation"]["layers"], model_key, model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     template = load_template(settings["template"], tasks.PLACEHOLDERS[experiment])
     prompts.option_tokens(tokenizer, template.letters)  # letters that are not single tokens fail here, not on a GPU
@@ -151,6 +152,21 @@ def build_prompt_set(model_key: str, model_dir: str, experiment: str, config: di
     log.info("%s: %d trials, prompts of %d-%d tokens", experiment, len(trials),
              min(t["n_prompt_tokens"] for t in trials), max(t["n_prompt_tokens"] for t in trials))
     outputs.write_jsonl(trials, out)
+
+
+def _check_layers(layers, model_key: str, model_dir: str) -> None:
+    """A hooked layer range the model does not have fails here, before any inference job loads it."""
+    if layers is None:
+        return
+    from transformers import AutoConfig
+
+    from .perturb import layer_span
+
+    n = AutoConfig.from_pretrained(model_dir).get_text_config(decoder=True).num_hidden_layers
+    try:
+        layer_span(layers, n)
+    except ValueError as err:
+        raise ValueError(f"perturbation.layers: {err} (model {model_key})") from err
 
 
 def build_strength_grid(model_key: str, config: dict, localization: str | None, control: str | None, out: str) -> None:
