@@ -103,6 +103,10 @@ def test_a_working_directory_without_the_configured_files_fails_at_parse(tmp_pat
     out = snakemake("-s", str(ROOT / "Snakefile"), "-n", "results/qwen32b/zero_shot.csv", cwd=tmp_path, check=False)
     assert out.returncode != 0
     assert "aliases: file 'data/aliases.yaml' does not exist" in out.stdout + out.stderr
+    (tmp_path / "config.yaml").unlink()  # with a preset, Snakemake skips the missing default without a word
+    out = snakemake("-s", str(ROOT / "Snakefile"), "-n", "--configfile", str(ROOT / "presets/ci.yaml"), cwd=tmp_path,
+                    check=False)
+    assert out.returncode != 0 and "no config.yaml in the working directory" in out.stdout + out.stderr
 
 
 def test_a_statistics_table_with_nothing_to_test_is_not_written_empty(tmp_path):

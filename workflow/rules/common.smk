@@ -19,7 +19,11 @@ except ImportError as err:
 
 SCHEMA = os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
 if problems := dnconfig.schema_problems(config, SCHEMA):
-    raise dnconfig.ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    # With --configfile, Snakemake skips a default config.yaml it cannot find without a word: say so first.
+    missing = [] if os.path.exists("config.yaml") else [
+        "no config.yaml in the working directory (the paper's configuration, which presets and overlays extend): "
+        "run snakemake from the repository root, or give this directory config.yaml and data/ (links will do)"]
+    raise dnconfig.ConfigError("invalid configuration:\n  " + "\n  ".join(missing + problems))
 validate(config, schema=SCHEMA)  # fills in the schema's defaults
 config["models"] = dncheckpoints.expand(config)  # every checkpoint of a series is a registry entry of its own
 dnconfig.check(config, root=workflow.basedir)
