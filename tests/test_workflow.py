@@ -225,6 +225,13 @@ def test_an_auto_grid_needs_localization_strengths_above_zero(paper_config):
         dnconfig.check(config, root=ROOT)
 
 
+def test_a_few_shot_k_beyond_the_pool_fails_before_any_job(paper_config):
+    config = copy.deepcopy(paper_config)
+    config["experiments"]["few_shot"]["k"] = [1, config["sentences"]["per_bucket"]]
+    with pytest.raises(dnconfig.ConfigError, match=r"experiments.few_shot.k: k = \d+ needs \d+ distinct sentences"):
+        dnconfig.check(config, root=ROOT)
+
+
 def test_tiny_preset_end_to_end(tmp_path):
     work = copy_workflow(tmp_path)
     snakemake("--cores", "2", "--configfile", "presets/ci.yaml", cwd=work)

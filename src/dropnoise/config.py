@@ -122,6 +122,16 @@ def check(config: dict, root: str | Path = ".") -> None:
         if not (here / section["template"]).exists():
             problems.append(f"experiments.{name}.template: file '{section['template']}' does not exist")
         problems += _sharding_problems(f"experiments.{name}", section)
+    capacity = config["sentences"]["per_bucket"] * (1 + len(config["sentences"].get("mix", [])))
+    for key, entry in models.items():  # each few-shot trial shows k + 1 distinct sentences of one length
+        if "few_shot" not in config["experiments"] or "checkpoint_of" in entry:
+            continue
+        k = max(settings(config, key, "few_shot")["k"])
+        own = "k" in entry.get("settings", {}).get("few_shot", {})
+        problem = (f"{f'models.{key}.settings' if own else 'experiments'}.few_shot.k: k = {k} needs {k + 1} distinct "
+                   f"sentences of one length; the pool holds at most {capacity} (sentences.per_bucket per source)")
+        if k + 1 > capacity and problem not in problems:
+            problems.append(problem)
     for key, entry in models.items():  # a model's own settings may change shards, samples or shard_by
         for name, own in entry.get("settings", {}).items():
             if name in config["experiments"] and {"shards", "samples_per_condition", "shard_by"} & set(own):
