@@ -66,11 +66,9 @@ def build_features(model_key: str, model_dir: str, config: dict, sentence_file: 
         reference_embeddings = sentence_encoders.minilm_embeddings(reference, batch, device)
     log.info("%s: %d targets, %d reference sentences, encoder %s (%d dimensions)", model_key, len(targets),
              len(reference), settings["encoder"], target_embeddings.shape[1])
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(out).with_name(f".{Path(out).name}.tmp.npz")
-    np.savez(tmp, sentence_id=targets.sentence_id.to_numpy(dtype=str), clean_nll=nll, n_scored_tokens=scored,
-             targets=target_embeddings, reference=reference_embeddings)
-    tmp.replace(out)
+    with outputs.atomic_path(out, ".npz") as tmp:
+        np.savez(tmp, sentence_id=targets.sentence_id.to_numpy(dtype=str), clean_nll=nll, n_scored_tokens=scored,
+                 targets=target_embeddings, reference=reference_embeddings)
 
 
 def build_density(config: dict, sentence_file: str, features_file: str, out_csv: str, out_json: str) -> None:
