@@ -182,6 +182,25 @@ def test_a_download_the_hub_could_not_finish_is_not_taken_for_a_model(tmp_path, 
     assert not (tmp_path / "models/tiny").exists()
 
 
+def test_a_local_folder_without_safetensors_weights_stops_at_preparation(tmp_path, paper_config, smol_tokenizer):
+    mine = tmp_path / "pickled"
+    build_tiny("llama", vocab_size=len(smol_tokenizer)).save_pretrained(mine)
+    smol_tokenizer.save_pretrained(mine)
+    (mine / "model.safetensors").rename(mine / "pytorch_model.bin")  # (weights are never unpickled: the name suffices)
+    config = _synthetic(paper_config, pickled={"kind": "local", "path": str(mine), "gpus": 0})
+    with pytest.raises(models.ModelError, match=r"models.pickled: the model folder is incomplete, it lacks "
+                                                r"model.safetensors.*safetensors only"):
+        pipeline.prepare_model("pickled", config, tmp_path / "models/pickled", root=ROOT)
+
+
+def test_an_inference_shard_with_no_conditions_stops_before_the_model_loads(tmp_path, paper_config):
+    prompts_file = tmp_path / "p.jsonl"
+    outputs.write_jsonl([{"trial_id": 0}], prompts_file)
+    with pytest.raises(ValueError, match="this shard has 1 trials and 0 conditions"):
+        pipeline.run_shard("llama8b", str(tmp_path / "no-model"), str(prompts_file), "localization", [], paper_config,
+                           str(tmp_path / "out.csv"))
+
+
 def test_a_local_base_model_needs_a_chat_template_which_the_entry_can_give(tmp_path, paper_config, smol_tokenizer):
     mine = tmp_path / "base"
     build_tiny("llama", vocab_size=len(smol_tokenizer)).save_pretrained(mine)
@@ -351,6 +370,10 @@ def test_control_trials_ask_about_one_topic_and_perturb_independently(smol_token
         assert trial.text.split("Sentence A: ")[0].count(asked) == 1 and f"is {asked}?" in trial.text
         assert "perturb" not in trial.text.lower()
     assert (trials.answer != trials.target).any() and (trials.answer == trials.target).any()
+    first = next(iter(template.extra["topic_pairs"]["animals_cities"].values()))
+    first["question"] = first.pop("topic")  # a template of the old layout
+    with pytest.raises(prompts.PromptError, match="topic_pairs.animals_cities.animals needs `sentences` and `topic`"):
+        tasks.control_trials(smol_tokenizer, template, 2, seed=2)
 
 
 def test_wikitext_source_says_what_to_do_when_unreachable(monkeypatch):

@@ -213,7 +213,7 @@ def test_grids_without_strengths_fail_before_any_job():
     paper["models"]["llama8b"]["strength_grid"] = {"dropout": [0.1, 0.2]}
     problems = dnconfig.schema_problems(paper, ROOT / "workflow/schemas/config.schema.yaml")
     assert "experiments.localization.grid.dropout: [] should be non-empty" in problems
-    assert any(p.startswith("models.llama8b.strength_grid:") for p in problems) and len(problems) == 2
+    assert "models.llama8b.strength_grid: 'noise' is a required property" in problems and len(problems) == 2
 
 
 def test_an_auto_grid_needs_localization_strengths_above_zero(paper_config):

@@ -106,7 +106,8 @@ def check(config: dict, root: str | Path = ".") -> None:
         for experiment in entry.get("grids", {}):  # (settings: the schema names their experiments)
             if experiment not in EXPERIMENTS:
                 problems.append(f"models.{key}.grids: unknown experiment '{experiment}'")
-        if strength_grid(config, key) == "auto" and any(e in config["run"]["experiments"] for e in GRID_EXPERIMENTS):
+        runs_grid = any(e in config["run"]["experiments"] for e in GRID_EXPERIMENTS) and "checkpoint_of" not in entry
+        if strength_grid(config, key) == "auto" and runs_grid:
             for needed in ("localization", "localization_control"):
                 if needed not in config["experiments"]:
                     problems.append(f"models.{key}.strength_grid: auto needs experiments.{needed} (its results set the range)")
@@ -124,13 +125,13 @@ def check(config: dict, root: str | Path = ".") -> None:
         problems += _sharding_problems(f"experiments.{name}", section)
     capacity = config["sentences"]["per_bucket"] * (1 + len(config["sentences"].get("mix", [])))
     for key, entry in models.items():  # each few-shot trial shows k + 1 distinct sentences of one length
-        if "few_shot" not in config["experiments"] or "checkpoint_of" in entry:
+        if not {"few_shot"} <= set(config["run"]["experiments"]) & set(config["experiments"]) or "checkpoint_of" in entry:
             continue
         k = max(settings(config, key, "few_shot")["k"])
         own = "k" in entry.get("settings", {}).get("few_shot", {})
         problem = (f"{f'models.{key}.settings' if own else 'experiments'}.few_shot.k: k = {k} needs {k + 1} distinct "
                    f"sentences of one length; the pool holds at most {capacity} (sentences.per_bucket per source)")
-        if k + 1 > capacity and problem not in problems:
+        if k + 1 > capacity:
             problems.append(problem)
     for key, entry in models.items():  # a model's own settings may change shards, samples or shard_by
         for name, own in entry.get("settings", {}).items():

@@ -149,7 +149,7 @@ def few_shot_heatmap(summary: pd.DataFrame, canonical: str, rule: str = "primary
     rows = rows[(rows["k"] == k) & (rows["label_condition"] == "correct") & (rows["alias"] == canonical)]
     if rows.empty:
         raise ValueError(f"the few-shot heatmap reads the correct-label trials of alias {canonical}; this run has none "
-                         "(experiments.few_shot.label_conditions lacks `correct`)")
+                         "(the few-shot label_conditions, experiments.few_shot or the model's settings, lack `correct`)")
     fig, axes = style.figure(width=style.COLUMN_WIDTH, height=2.9)
     _heatmap(axes[0][0], rows.assign(value=100 * rows[f"accuracy_{rule}"]), "value", ".0f",
              cmap="viridis", vmin=0, vmax=100)

@@ -223,12 +223,15 @@ def prepare_local(key: str, entry: dict, out: Path) -> None:
 
 def missing_files(folder: Path) -> list[str]:
     """What a transformers folder lacks of its config and weights: every shard its safetensors index names, or
-    one safetensors file where it has no index."""
+    one safetensors file where it has no index (weights load from safetensors only, never from pickled .bin)."""
     if not (folder / "config.json").is_file():
         return ["config.json"]
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError):
+            return [f"{index.name} (unreadable: cut short?)"]
         return [name for name in shards if not (folder / name).is_file()]
     return [] if any(folder.glob("*.safetensors")) else ["model.safetensors"]
 
@@ -244,10 +247,11 @@ def adopt(key: str, folder: Path, chat_template: str | None) -> None:
     missing = missing_files(folder)
     if missing:
         raise ModelError(
-            f"models.{key}: the model folder is incomplete, it lacks {', '.join(missing)}: a download stopped before "
-            "its end and the hub could not be reached to finish it (the client then returns what it has without an "
-            "error), or a `local` folder without its weights. Run `prepare_model` where the network is (it continues "
-            "the download), or point `path` at a complete snapshot."
+            f"models.{key}: the model folder is incomplete, it lacks {', '.join(missing)}. A download: it stopped "
+            "before its end and the hub could not be reached to finish it (the client then returns what it has "
+            "without an error), or the repository has no safetensors weights; rerun `prepare_model` where the "
+            "network is (it continues the download). A `local` folder: point `path` at a complete one; weights load "
+            "from safetensors only (pickled .bin files are never loaded: `save_pretrained` writes safetensors)."
         )
     if chat_template is not None:
         (folder / "chat_template.jinja").unlink(missing_ok=True)  # a link into the user's folder: replace, not write
@@ -295,7 +299,7 @@ def load(folder: str | Path, dtype: str = "auto", device: str = "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    kwargs = {"dtype": getattr(torch, dtype)}
+    kwargs = {"dtype": getattr(torch, dtype), "use_safetensors": True}  # never unpickle .bin weights
     if device == "cuda":
         kwargs["device_map"] = "auto"
     tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -217,7 +217,8 @@ def run_shard(model_key: str, model_dir: str, prompt_file: str, experiment: str,
         conditions = dnconfig.resolve_indices(conditions, strengths)
     else:
         strengths = {kind: tasks.expand_grid(values) for kind, values in dnconfig.grid(config, model_key, experiment).items()}
-    trials = outputs.read_jsonl(prompt_file)
+    every = outputs.read_jsonl(prompt_file)  # the captured trials are drawn from all of them, however sharded
+    trials = every if trial_split is None else tasks.shard_trials(every, *trial_split)
     if not conditions or not trials:  # a table of no rows would look like a finished run
         raise ValueError(f"{model_key}/{experiment}: this shard has {len(trials)} trials and {len(conditions)} "
                          f"conditions; check experiments.{experiment} and models.{model_key} (grids, samples)")
@@ -226,11 +227,9 @@ def run_shard(model_key: str, model_dir: str, prompt_file: str, experiment: str,
     perturbation = config["perturbation"]
     recorder = None
     if capture_file is not None:
-        selection = capture.select(capture_settings, config["seed"], experiment, trials,
+        selection = capture.select(capture_settings, config["seed"], experiment, every,
                                    {kind: strengths[kind] for kind in PERTURBATIONS}, len(models.decoder_layers(model)))
         recorder = capture.ActivationCapture(model, selection)
-    if trial_split is not None:
-        trials = tasks.shard_trials(trials, *trial_split)
     log.info("%s/%s: %d trials x %d conditions", model_key, experiment, len(trials), len(conditions))
     if recorder is not None:
         captured = recorder.selection.trial_ids & {t["trial_id"] for t in trials}

@@ -8,8 +8,8 @@ held-out trials.
   projections on it (TracingLLM's scaling, on dev rows only: the reference code also used the test half) or
   their mean residual norm.
 - Controls of the same injected norm at every scale: a seeded random direction, and the mass-mean direction of
-  the same dev rows with their labels shuffled (the raw norm of that difference says how much of a mass-mean
-  vector sampling noise alone gives).
+  the same dev rows with their labels shuffled as the design could have drawn them (`build`; the raw norm of that
+  difference says how much of a mass-mean vector sampling noise alone gives).
 - The hook adds the vector to the decoder block's output at the last position of every prompt (left padding makes
   it each prompt's answer position); at scale 0 it is not registered, so logits are bit-identical.
 """

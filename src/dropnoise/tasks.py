@@ -120,6 +120,11 @@ def control_trials(tokenizer, template, samples: int, seed: int) -> list[dict]:
     topic, and the perturbation on a position drawn independently of content."""
     rng = random.Random(derive_seed(seed, "localization_control"))
     variants = sorted(template.variants)
+    for pair, groups in template.extra["topic_pairs"].items():
+        for name, group in groups.items():
+            if not {"topic", "sentences"} <= set(group):
+                raise prompts.PromptError(f"{template.path}: topic_pairs.{pair}.{name} needs `sentences` and `topic` "
+                                          "(the phrase completing \"which one is ...\", e.g. \"about animals\")")
     trials = []
     for pair, groups in template.extra["topic_pairs"].items():
         names = list(groups)
