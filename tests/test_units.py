@@ -281,18 +281,22 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["result.csv"]
 
 
-def test_results_figures_and_folders_get_the_umasks_permissions(tmp_path, monkeypatch):
-    """Temporary names are created private (0600, 0700); a group sharing the project must still read results."""
+@pytest.mark.parametrize("umask,file_mode,folder_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
+def test_results_figures_and_folders_get_the_umasks_permissions(tmp_path, umask, file_mode, folder_mode):
+    """tempfile's names are private (0600, 0700); a group sharing the project must still read results."""
     from dropnoise import style
 
-    monkeypatch.setattr(outputs, "UMASK", 0o022)
-    outputs.write_csv(pd.DataFrame({"a": [1]}), tmp_path / "r.csv")
-    fig, _ = style.figure()
-    style.save(fig, tmp_path / "f")
-    with outputs.staged_folder(tmp_path / "model") as folder:
-        (folder / "config.json").write_text("{}")
+    before = os.umask(umask)
+    try:
+        outputs.write_csv(pd.DataFrame({"a": [1]}), tmp_path / "r.csv")
+        fig, _ = style.figure()
+        style.save(fig, tmp_path / "f")
+        with outputs.staged_folder(tmp_path / "model") as folder:
+            (folder / "config.json").write_text("{}")
+    finally:
+        os.umask(before)
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
-    assert modes == {"r.csv": 0o644, "f.pdf": 0o644, "f.png": 0o644, "model": 0o755}
+    assert modes == {"r.csv": file_mode, "f.pdf": file_mode, "f.png": file_mode, "model": folder_mode}
 
 
 def test_a_staged_folder_is_complete_or_absent_and_a_resumable_one_continues(tmp_path):

@@ -10,9 +10,9 @@ import hashlib
 import json
 import os
 import platform
+import secrets
 import shutil
 import subprocess
-import tempfile
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -22,15 +22,20 @@ import pandas as pd
 PACKAGES = ("dropnoise", "torch", "transformers", "tokenizers", "accelerate", "numpy", "pandas", "snakemake")
 
 
-UMASK = os.umask(0o022)
-os.umask(UMASK)  # (read by setting it: the process's umask, restored at once)
-
-
-def _publish(tmp: str | Path, path: Path, mode: int) -> None:
-    """Rename a finished temporary file or folder into place with the permissions the umask gives a new one
-    (temporary names are created private, 0600/0700: a group sharing the project folder could not read them)."""
-    os.chmod(tmp, mode & ~UMASK)
-    os.replace(tmp, path)
+def _sibling(path: Path, suffix: str = "", folder: bool = False) -> Path:
+    """A new hidden file or folder beside `path` under an unused random name, with the permissions any new file or
+    folder gets (the umask's, and a shared folder's default ACL): tempfile's are private (0600/0700), and renamed
+    into place they left results unreadable to a group sharing the project."""
+    while True:
+        name = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
+        try:
+            if folder:
+                os.mkdir(name, 0o777)
+            else:
+                os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return name
+        except FileExistsError:
+            continue
 
 
 @contextmanager
@@ -39,11 +44,10 @@ def atomic_path(path: str | Path, suffix: str = ".tmp"):
     completes, removed when it fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
+    tmp = _sibling(path, suffix)
     try:
         yield tmp
-        _publish(tmp, path, 0o666)
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -80,13 +84,13 @@ def staged_folder(path: str | Path, resume: str | None = None):
         tmp.mkdir(exist_ok=True)
         stamp.write_text(resume)
     else:
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+        tmp = _sibling(path, folder=True)
     try:
         yield tmp
         (tmp / STAGE_STAMP).unlink(missing_ok=True)
         if path.exists():
             shutil.rmtree(path)
-        _publish(tmp, path, 0o777)
+        os.replace(tmp, path)
     finally:
         if resume is None:  # (renamed away when the block completed)
             shutil.rmtree(tmp, ignore_errors=True)
