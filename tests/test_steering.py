@@ -101,6 +101,29 @@ def test_a_planted_direction_moves_the_answer_monotonically(zero_shot_trials, sm
     assert (differences[0] < 0).all() and (differences[-1] > 0).all()
 
 
+def test_variants_in_one_run_score_as_separate_runs_and_share_the_prompt(zero_shot_trials, smol_tokenizer):
+    """Every (vector, scale) of the steering table in one engine run: each row gets its trial's variant, and the
+    renderings of a trial, equal but for that, run their prompt once per condition and the last token per variant."""
+    model = build_tiny("llama", vocab_size=len(smol_tokenizer), n_layers=3)
+    rng = np.random.default_rng(5)
+    deltas = {0: np.zeros(64), 1: 2.0 * rng.normal(size=64), 2: -3.0 * rng.normal(size=64)}
+    conditions = [{"dropout": 0.0, "noise": 0.0}, {"dropout": 0.3}, {"noise": 1.0}]
+    run = dict(seed=1, batch_size=4, progress=False)
+    together, apart = engine.Work(), engine.Work()
+    with steering.Steering(model, 1, deltas, 1.0) as hook:
+        rows = pd.DataFrame(engine.run(model, smol_tokenizer, [{**t, "steer": i} for i in deltas for t in zero_shot_trials],
+                                       conditions, ("A", "B"), steering=hook, work=together, **run))
+    for i, delta in deltas.items():
+        with steering.Steering(model, 1, delta, 1.0) as hook:
+            alone = pd.DataFrame(engine.run(model, smol_tokenizer, zero_shot_trials, conditions, ("A", "B"),
+                                            steering=hook, work=apart, **run))
+        mine = rows[rows.steer == i].reset_index(drop=True)
+        assert mine.trial_id.tolist() == alone.trial_id.tolist()
+        np.testing.assert_allclose(mine[["logit_A", "logit_B"]], alone[["logit_A", "logit_B"]], atol=1e-4)
+    assert not np.allclose(rows[rows.steer == 1].logit_A, rows[rows.steer == 0].logit_A)
+    assert together.computed_tokens < 0.5 * apart.computed_tokens
+
+
 def test_steering_acts_only_on_the_passes_that_score(smol_tokenizer, monkeypatch):
     """The engine's passes over a shared prefix or stem end before the answer position: the engine switches the
     steering hook off for them (otherwise the vector would go in at their last token and reach every later token

@@ -55,6 +55,7 @@ TRIAL_COLUMNS = (
     "alias_group",
     "k",
     "label_condition",
+    "steer",  # a steered rendering's variant (steering.Steering)
 )
 
 

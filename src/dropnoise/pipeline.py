@@ -528,25 +528,23 @@ def steering_table(model_key: str, model_dir: str, prompt_file: str, grid_file: 
              layer, len(X), len(missing), len(test), len(texts),
              {f"{v.vector}/{v.kind}": round(v.raw_norm, 3) for v in vectors})
 
-    def steered(vector, scale: float) -> tuple[list[dict], tuple[float, int]]:
-        delta = vector.direction * vector.size
-        with steering.Steering(model, layer, delta, scale) as hook:
-            scored = engine.run(model, tokenizer, test, conditions, letters, steering=hook, **run)
-        with steering.Steering(model, layer, delta, scale, positions="all"):
-            return scored, steering.text_nll(model, tokenizer, texts, batch_size)
-
-    baseline = steered(vectors[0], 0.0)  # scale 0 is the unsteered run, shared by every curve
+    # Every (vector, scale) in one engine run: a held-out trial's renderings under all of them (variant 0: scale 0,
+    # the unsteered run shared by every curve) differ only in the vector added at the last token, so its prompt
+    # runs once per condition and only that token once per variant.
+    variants = [(vectors[0], 0.0)] + [(v, s) for v in vectors for s in settings["scales"] if s != 0]
+    deltas = {i: vector.direction * vector.size * scale for i, (vector, scale) in enumerate(variants)}
+    with steering.Steering(model, layer, deltas, 1.0) as hook:
+        scored = pd.DataFrame(engine.run(model, tokenizer, [{**t, "steer": i} for i in deltas for t in test],
+                                         conditions, letters, steering=hook, **run))
     readouts, guard = [], []
-    bar = tqdm(total=len(vectors) * (len(settings["scales"]) - 1), desc="steered runs", unit="run")
-    for vector in vectors:
-        for scale in settings["scales"]:
-            scored, (nll, tokens) = baseline if scale == 0 else steered(vector, scale)
-            bar.update(scale != 0)
-            labels = {"vector": vector.vector, "kind": vector.kind, "scale": scale}
-            readouts.append(steering.trial_readout(pd.DataFrame(scored), letters).assign(**labels))
-            guard.append({**labels, "injected_norm": abs(scale) * vector.size, "unit_norm": vector.size,
-                          "raw_norm": vector.raw_norm, "nll_per_token": nll / tokens})
-    bar.close()
+    for i, (vector, scale) in enumerate(tqdm(variants, desc="perplexity guard", unit="vector")):
+        with steering.Steering(model, layer, vector.direction * vector.size, scale, positions="all"):
+            nll, tokens = steering.text_nll(model, tokenizer, texts, batch_size)
+        for curve in (vectors if scale == 0 else [vector]):
+            labels = {"vector": curve.vector, "kind": curve.kind, "scale": scale}
+            readouts.append(steering.trial_readout(scored[scored.steer == i], letters).assign(**labels))
+            guard.append({**labels, "injected_norm": abs(scale) * curve.size, "unit_norm": curve.size,
+                          "raw_norm": curve.raw_norm, "nll_per_token": nll / tokens})
     guard = pd.DataFrame(guard)
     guard["ppl_ratio"] = np.exp(guard.nll_per_token - guard.nll_per_token[guard.scale == 0].iloc[0])
     table = steering.summarise(pd.concat(readouts, ignore_index=True)).merge(guard, on=["vector", "kind", "scale"])

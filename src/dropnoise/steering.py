@@ -133,17 +133,24 @@ def build(vector: str, X: np.ndarray, perturbation: np.ndarray, units: list[np.n
 class Steering:
     """Context manager: a forward hook on decoder block `layer` adding scale x `vector` to the block's output at
     the last position of every row (positions="last") or at every position ("all": what each token of a text
-    sees when the steered model generates it, one new last position per step; the perplexity guard's reading)."""
+    sees when the steered model generates it, one new last position per step; the perplexity guard's reading).
 
-    def __init__(self, model, layer: int, vector: np.ndarray | torch.Tensor, scale: float, positions: str = "last"):
+    `vector` may map steering variants to vectors: in an engine run, each row then gets the vector of its trial's
+    `steer` variant. Renderings of one trial under several variants agree on every token but the last, so the
+    engine runs their prompt once per condition (a family's stem) and only the last token per variant."""
+
+    def __init__(self, model, layer: int, vector, scale: float, positions: str = "last"):
         if positions not in ("last", "all"):
             raise ValueError(f"positions must be 'last' or 'all', got {positions!r}")
         blocks = decoder_layers(model)
         if not 0 <= layer < len(blocks):
             raise ValueError(f"layer {layer} is outside the model's {len(blocks)} layers")
         self._block = blocks[layer]
-        self._delta = scale * torch.as_tensor(np.asarray(vector), dtype=torch.float32) if scale != 0 else None
-        self._placed: dict[tuple, torch.Tensor] = {}  # the vector per (device, dtype): one copy, not one per pass
+        vectors = vector if isinstance(vector, dict) else {None: vector}
+        self._deltas = {key: scale * torch.as_tensor(np.asarray(v), dtype=torch.float32) for key, v in vectors.items()}
+        self._active = scale != 0 and any(bool(d.any()) for d in self._deltas.values())
+        self._placed: dict[tuple, torch.Tensor] = {}  # a variant's vector per (device, dtype): one copy, not one per pass
+        self._rows: list = []  # each row's variant in the next pass, where there are variants
         self._positions = positions
         self._handle = None
         self._armed = True
@@ -155,16 +162,26 @@ class Steering:
 
     def set_batch(self, rows, offsets, scoring: bool = True, batch_rows=None, starts=None) -> None:
         """Steer the next forward pass if it scores its rows (the engine's observer interface; a stem pass does
-        not end at the answer position)."""
+        not end at the answer position), each row by its trial's variant."""
         self._armed = scoring
+        if None not in self._deltas:
+            self._rows = [trial["steer"] for trial, _ in rows]
+
+    def _placed_delta(self, key, h: torch.Tensor) -> torch.Tensor:
+        delta = self._placed.get((key, h.device, h.dtype))
+        if delta is None:
+            delta = self._placed[key, h.device, h.dtype] = self._deltas[key].to(device=h.device, dtype=h.dtype)
+        return delta
 
     def _hook(self, module, args, output):
         if not self._armed:
             return None
         h = output[0] if isinstance(output, tuple) else output
-        delta = self._placed.get((h.device, h.dtype))
-        if delta is None:
-            delta = self._placed[h.device, h.dtype] = self._delta.to(device=h.device, dtype=h.dtype)
+        if None in self._deltas:
+            delta = self._placed_delta(None, h)
+        else:
+            delta = torch.stack([self._placed_delta(key, h) for key in self._rows])
+            delta = delta if self._positions == "last" else delta[:, None]
         new = h.clone()
         if self._positions == "last":
             new[:, -1] += delta
@@ -174,7 +191,7 @@ class Steering:
 
     def __enter__(self):
         self._armed = True
-        if self._delta is not None:
+        if self._active:
             self._handle = self._block.register_forward_hook(self._hook)
         return self
 
