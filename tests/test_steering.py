@@ -122,6 +122,10 @@ def test_variants_in_one_run_score_as_separate_runs_and_share_the_prompt(zero_sh
         np.testing.assert_allclose(mine[["logit_A", "logit_B"]], alone[["logit_A", "logit_B"]], atol=1e-4)
     assert not np.allclose(rows[rows.steer == 1].logit_A, rows[rows.steer == 0].logit_A)
     assert together.computed_tokens < 0.5 * apart.computed_tokens
+    with steering.Steering(model, 1, deltas, 1.0) as hook:  # full recompute (families without a shared cache)
+        again = pd.DataFrame(engine.run(model, smol_tokenizer, [{**t, "steer": i} for i in deltas for t in zero_shot_trials],
+                                        conditions, ("A", "B"), steering=hook, prefix_cache=False, **run))
+    np.testing.assert_allclose(again[["logit_A", "logit_B"]], rows[["logit_A", "logit_B"]], atol=1e-4)
 
 
 def test_steering_acts_only_on_the_passes_that_score(smol_tokenizer, monkeypatch):
