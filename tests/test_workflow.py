@@ -203,6 +203,10 @@ def test_schema_problems_are_listed_together_by_key():
     assert "models.llama8b: Additional properties are not allowed ('runtme' was unexpected)" in problems
     assert "sentences.mix[0]: 'path' is a required property" in problems
     assert len(problems) == 2
+    paper["models"]["qwen23b"] = {"gpus": 2}  # an overlay meant for qwen32b
+    problems = dnconfig.schema_problems(paper, ROOT / "workflow/schemas/config.schema.yaml")
+    assert "models.qwen23b: no `kind`, so a new model; did you mean 'qwen32b'? (an overlay changes an entry under its " \
+           "exact key)" in problems
 
 
 def test_grids_without_strengths_fail_before_any_job():

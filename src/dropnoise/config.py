@@ -8,6 +8,7 @@ parsed, before any job (and so before any model) starts.
 from __future__ import annotations
 
 import copy
+import difflib
 
 from pathlib import Path
 
@@ -75,7 +76,17 @@ def schema_problems(config: dict, schema_file: str | Path) -> list[str]:
         path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path)
         return path.lstrip(".") or "config"
 
-    return sorted({f"{where(error)}: {error.message}" for error in validator.iter_errors(config)})
+    return sorted({f"{where(error)}: {error.message}" for error in validator.iter_errors(config)} | set(_new_entry_typos(config)))
+
+
+def _new_entry_typos(config: dict) -> list[str]:
+    """An overlay entry under a misspelt model key is a new model without a `kind`: say which key was meant."""
+    entries = config.get("models") if isinstance(config.get("models"), dict) else {}
+    known = [key for key, entry in entries.items() if isinstance(entry, dict) and "kind" in entry]
+    return [f"models.{key}: no `kind`, so a new model; did you mean '{close[0]}'? (an overlay changes an entry under "
+            "its exact key)"
+            for key, entry in entries.items() if isinstance(entry, dict) and "kind" not in entry
+            and (close := difflib.get_close_matches(key, known, n=1))]
 
 
 def check(config: dict, root: str | Path = ".") -> None:
