@@ -535,7 +535,7 @@ def steering_table(model_key: str, model_dir: str, prompt_file: str, grid_file: 
     deltas = {i: vector.direction * vector.size * scale for i, (vector, scale) in enumerate(variants)}
     with steering.Steering(model, layer, deltas, 1.0) as hook:
         scored = pd.DataFrame(engine.run(model, tokenizer, [{**t, "steer": i} for i in deltas for t in test],
-                                         conditions, letters, steering=hook, **run))
+                                         conditions, letters, steering=hook, **{**run, "progress": True}))
     readouts, guard = [], []
     for i, (vector, scale) in enumerate(tqdm(variants, desc="perplexity guard", unit="vector")):
         with steering.Steering(model, layer, vector.direction * vector.size, scale, positions="all"):

@@ -137,7 +137,8 @@ class Steering:
 
     `vector` may map steering variants to vectors: in an engine run, each row then gets the vector of its trial's
     `steer` variant. Renderings of one trial under several variants agree on every token but the last, so the
-    engine runs their prompt once per condition (a family's stem) and only the last token per variant."""
+    engine runs their prompt once per condition (a family's stem) and only the last token per variant. (Not with
+    an activation capture in the same run: it keys rows by trial, which the variants share.)"""
 
     def __init__(self, model, layer: int, vector, scale: float, positions: str = "last"):
         if positions not in ("last", "all"):
@@ -180,6 +181,8 @@ class Steering:
         if None in self._deltas:
             delta = self._placed_delta(None, h)
         else:
+            if len(self._rows) != h.shape[0]:
+                raise RuntimeError(f"steering: {len(self._rows)} row variants for a pass of {h.shape[0]} rows")
             delta = torch.stack([self._placed_delta(key, h) for key in self._rows])
             delta = delta if self._positions == "last" else delta[:, None]
         new = h.clone()
