@@ -299,6 +299,19 @@ def test_results_figures_and_folders_get_the_umasks_permissions(tmp_path, umask,
     assert modes == {"r.csv": file_mode, "f.pdf": file_mode, "f.png": file_mode, "model": folder_mode}
 
 
+def test_what_a_killed_job_left_under_an_outputs_temporary_names_is_removed(tmp_path):
+    (tmp_path / ".model.0123abcd").mkdir()  # a staging folder of a job killed outright
+    (tmp_path / ".model.0123abcd" / "model.safetensors").write_text("half")
+    (tmp_path / ".r.csv.89abcdef.tmp").write_text("half")
+    kept = [".model.partial", ".model.v2.0123abcd", ".rx.csv.89abcdef.tmp"]  # a download to resume; other outputs'
+    for name in kept:
+        (tmp_path / name).mkdir()
+    with outputs.staged_folder(tmp_path / "model") as folder:
+        (folder / "config.json").write_text("{}")
+    outputs.write_csv(pd.DataFrame({"a": [1]}), tmp_path / "r.csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, "model", "r.csv"])
+
+
 def test_a_staged_folder_is_complete_or_absent_and_a_resumable_one_continues(tmp_path):
     def stopped(folder, resume):
         with pytest.raises(KeyboardInterrupt):

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import secrets
 import shutil
 import subprocess
@@ -25,7 +26,12 @@ PACKAGES = ("dropnoise", "torch", "transformers", "tokenizers", "accelerate", "n
 def _sibling(path: Path, suffix: str = "", folder: bool = False) -> Path:
     """A new hidden file or folder beside `path` under an unused random name, with the permissions any new file or
     folder gets (the umask's, and a shared folder's default ACL): tempfile's are private (0600/0700), and renamed
-    into place they left results unreadable to a group sharing the project."""
+    into place they left results unreadable to a group sharing the project. What a job killed outright (SIGKILL,
+    a lost node) left under this output's temporary names is removed first: one job writes an output at a time."""
+    stale = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{8}}{re.escape(suffix)}")
+    for left in path.parent.iterdir():
+        if stale.fullmatch(left.name):
+            shutil.rmtree(left) if left.is_dir() and not left.is_symlink() else left.unlink(missing_ok=True)
     while True:
         name = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
         try:
