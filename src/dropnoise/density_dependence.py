@@ -15,14 +15,15 @@ classes, which such a response bias cancels; the bias itself is the density x cl
 
 Model, per fit and bandwidth scale, a logistic GLM on per-trial correctness:
 
-    correct ~ z_density + strength_z + z_density:strength_z [+ cls + z_density:cls] [+ C(k)] + C(n_tokens)
+    correct ~ z_density + f(strength_z) + z_density:strength_z [+ cls + z_density:cls] [+ C(k)] + C(n_tokens)
               + clean_nll + C(position) [+ C(source)]
 
 - z_density: the sentence's log density standardised over the fit's sentences, so exp(coef) is the odds ratio per SD
   (averaged over the classes in joint fits: cls is +1/2 for dropout, -1/2 for noise);
 - strength_z: strength standardised within its perturbation (dropout rates and noise SDs have different units), so
-  the odds ratio holds at each class's mean strength; its slope and `interaction` are shared by the two classes
-  (one per-SD slope);
+  the odds ratio holds at each class's mean strength; f is a natural cubic spline of 3 df where a fit has 5
+  strengths or more (accuracy is sigmoid in strength: a line misfits it and attenuates the odds ratio), else a
+  line; its shape and `interaction` (linear) are shared by the two classes;
 - n_tokens: the sentence's length bucket, as categories (NLL and density are both curved in length, so a straight
   line would leave length's confounding in the density term); position: the correct option's letter (in localization, the perturbed
   sentence's); k: few-shot examples; source: the sentence's source in a mixed pool (else density would carry any
@@ -73,6 +74,7 @@ from .stats import cell_terms, clusterings, curve_design_effects, drop_terms, ef
 DENSITY_TERMS = ("z_density", "z_density:strength_z")  # tested
 CLASS_TERM = "z_density:cls"  # density's effect on saying "dropout" (response bias): kept in both models
 MIN_MINORITY_PER_PARAMETER = 10
+SPLINE_STRENGTHS = 5  # distinct strengths from which strength's main effect is a spline (`strength_shape`)
 COLUMNS = ["model", "experiment", "perturbation", "label_condition", "bandwidth_scale", "rule", "n_trials",
            "n_sentences", "accuracy", "log_density_sd", "odds_ratio", "ci_low", "ci_high", "p_value", "interaction",
            "class_interaction", "lr_stat", "lr_df", "score_stat", "pseudo_r2_gain", "wald_p", "permutation_p",
@@ -137,6 +139,14 @@ def _design(frame: pd.DataFrame, column: str) -> pd.DataFrame:
                         cls=np.where(frame.perturbation == "dropout", 0.5, -0.5))
 
 
+def strength_shape(levels: int) -> str:
+    """Accuracy against strength is sigmoid, with plateaus, so with enough strengths (`levels`: the fewest of a
+    class) it enters as a natural cubic spline (3 df, centred) rather than a line, which would misfit it and
+    attenuate the density term's odds ratio at the mean strength; with 4 strengths or fewer, a line (a spline would
+    come near one parameter per strength, and a strength whose trials all succeed would then separate)."""
+    return "strength_z" if levels < SPLINE_STRENGTHS else "cr(strength_z, df=3, constraints='center')"
+
+
 def formula(frame: pd.DataFrame) -> str:
     """The model's formula, less the terms that do not vary in this fit."""
     def varies(name):
@@ -144,7 +154,7 @@ def formula(frame: pd.DataFrame) -> str:
 
     terms = ["z_density"]
     if varies("strength_z"):
-        terms += ["strength_z", "z_density:strength_z"]
+        terms += [strength_shape(frame.groupby("perturbation").strength.nunique().min()), "z_density:strength_z"]
     if varies("cls"):
         terms += ["cls", CLASS_TERM]
     terms += [term for term, name in (("C(k)", "k"), ("C(n_tokens)", "n_tokens"), ("clean_nll", "clean_nll"),
