@@ -90,7 +90,7 @@ def test_few_shot_heatmap_has_one_annotated_cell_per_grid_point():
     assert len(ax.texts) == 3 * 2 and "k = 1" in ax.get_title()
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "50", "100"]
     swapped_only = few_shot_summary(rng).query("label_condition != 'correct'")
-    with pytest.raises(ValueError, match="lacks `correct`"):  # not an empty heatmap
+    with pytest.raises(ValueError, match="lack `correct`"):  # not an empty heatmap
         figures.few_shot_heatmap(summary.summarize(swapped_only, "few_shot"), "none")
 
 

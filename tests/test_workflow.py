@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -354,6 +355,11 @@ def check_capture_settings_rerun_the_capturing_jobs(work):
     capturing = [block for block in changed if block.startswith("perturbed_inference_capture:")]
     assert capturing and all("'layer_stride': 2" in block for block in capturing)
     assert all("Produced by the configuration" in block for block in changed if block not in capturing)
+    overlay.write_text("figures: {emphasis: [x_y]}\n")  # restyling a figure reruns figures, no statistics
+    out = snakemake("-n", "--configfile", "presets/ci.yaml", str(overlay), cwd=work).stdout
+    rerun = set(re.findall(r"^(?:local)?rule (\w+):", out, re.MULTILINE))
+    assert "paper_figure" in rerun and rerun <= {"paper_figure", "model_figure", "probe_figure", "density_figures",
+                                                 "dynamics_figure", "all"}, rerun
 
 
 def check_probing_outputs(work, model, preset):

@@ -48,7 +48,7 @@ rule stats_table:
     params:
         settings=config["stats"],
         caption=lambda wildcards: CAPTIONS[wildcards.table],
-        provenance=provenance,
+        provenance=provenance("figures"),
     resources:
         mem_mb=lambda wildcards, input, attempt: table_mem_mb(input.trials, attempt, 1.5),
     conda:
@@ -80,7 +80,7 @@ rule equivalence_map:
         "logs/stats/equivalence_map.log",
     params:
         caption=CAPTIONS["equivalence_tables"],
-        provenance=provenance,
+        provenance=provenance("figures"),
     resources:
         mem_mb=lambda wildcards, input, attempt: table_mem_mb(input.trials, attempt, 1, together=True),
     conda:

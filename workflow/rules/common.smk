@@ -187,19 +187,26 @@ def model_figure_inputs(wildcards):
     return {"summary": f"results/{wildcards.model}/{MODEL_FIGURES[wildcards.figure]}.summary.csv"}
 
 
-def provenance(wildcards):
+def provenance(*ignored):
     """The sentence every report caption ends with: the model, and the configuration that produced the result (a
     rule's params, so a rerun trigger: hence only what decides results, `dnconfig.results_config`, not which files
-    it came from or how its jobs were scheduled)."""
-    model = f"Model: **{wildcards.model}**. " if hasattr(wildcards, "model") else ""
-    stats = config["stats"]
-    return (
-        f"{model}Produced by the configuration with hash ``{config_hash(dnconfig.results_config(config))}``: "
-        f"models {', '.join(config['run']['models'])}; experiments {', '.join(config['run']['experiments'])}; "
-        f"scoring rule ``{stats['rule']}``; {stats['correction']} correction at alpha = {stats['alpha']} (condition tests "
-        f"by {stats['condition_family']}); "
-        f"seed {config['seed']}. Per-trial data: ``results/{{model}}/{{experiment}}.csv``."
-    )
+    it came from or how its jobs were scheduled; `ignored`: sections a table cannot depend on, `figures`, so that
+    restyling a figure reruns no statistics)."""
+
+    def caption(wildcards):
+        model = f"Model: **{wildcards.model}**. " if hasattr(wildcards, "model") else ""
+        shown = {k: v for k, v in dnconfig.results_config(config).items() if k not in ignored}
+        less = f" (less its {', '.join(ignored)} settings)" if ignored else ""
+        stats = config["stats"]
+        return (
+            f"{model}Produced by the configuration with hash ``{config_hash(shown)}``{less}: "
+            f"models {', '.join(config['run']['models'])}; experiments {', '.join(config['run']['experiments'])}; "
+            f"scoring rule ``{stats['rule']}``; {stats['correction']} correction at alpha = {stats['alpha']} "
+            f"(condition tests by {stats['condition_family']}); "
+            f"seed {config['seed']}. Per-trial data: ``results/{{model}}/{{experiment}}.csv``."
+        )
+
+    return caption
 
 
 # Registry fields that determine a model folder; scheduling fields (gpus, mem_mb, runtime, batch_size, grids)

@@ -96,7 +96,7 @@ rule density_dependence:
         permutations=config["density"]["permutations"],
         correction=config["stats"]["correction"],
         caption=CAPTIONS["density_tables"],
-        provenance=provenance,
+        provenance=provenance("figures"),
     script:
         "../scripts/density_dependence.py"
 
@@ -127,6 +127,6 @@ rule density_figures:
     params:
         models=config["run"]["models"],
         experiments=density_experiments(),
-        provenance=provenance,
+        provenance=provenance(),
     script:
         "../scripts/density_figures.py"

@@ -17,7 +17,7 @@ rule paper_figure:
         "logs/figures/{figure}.log",
     params:
         caption=lambda wildcards: CAPTIONS[wildcards.figure],
-        provenance=provenance,
+        provenance=provenance(),
     conda:
         "../../envs/figures.yaml",
     localrule: True
@@ -44,7 +44,7 @@ rule model_figure:
         "logs/figures/{model}/{figure}.log",
     params:
         caption=lambda wildcards: CAPTIONS[wildcards.figure],
-        provenance=provenance,
+        provenance=provenance(),
     conda:
         "../../envs/figures.yaml",
     localrule: True

@@ -118,7 +118,7 @@ if config["probes"]["enabled"]:
             probe_figure="|".join(PROBE_FIGURES),
         params:
             caption=lambda wildcards: CAPTIONS[wildcards.probe_figure],
-            provenance=provenance,
+            provenance=provenance(),
         localrule: True
         script:
             "../scripts/probe_figure.py"
