@@ -99,6 +99,14 @@ def test_user_sentence_file_and_its_errors(tmp_path, smol_tokenizer):
     assert pool.sentence.tolist() == ["Cats sleep."]
     with pytest.raises(sentences.SentenceError, match=r"no sentence of exactly \[23\] tokens"):
         sentences.bucket(sentences.file_sentences(path), smol_tokenizer, [3, 23], 10, 100)
+    tokenizer_dir = tmp_path / "tokenizer"
+    smol_tokenizer.save_pretrained(tokenizer_dir)
+    config = {"seed": 0, "experiments": {"localization": {"buckets": [3, 7]}},
+              "sentences": {"source": "synthetic", "per_bucket": 2, "max_candidates": 20_000,
+                            "mix": [{"source": "file", "path": str(path)}]}, "models": {}}
+    with pytest.raises(sentences.SentenceError, match=r"sentences.mix\[0\] \(file source\), in the model's own "
+                                                      r"tokens: no sentence of exactly \[7\] tokens"):
+        pipeline.build_sentences(str(tokenizer_dir), config, str(tmp_path / "pool.csv"), root=ROOT)
     with pytest.raises(sentences.SentenceError, match="does not exist"):
         list(sentences.file_sentences(tmp_path / "missing.txt"))
 

@@ -110,13 +110,20 @@ def build_sentences(model_dir: str, config: dict, out: str, root: str | Path = "
     parts = []
     for i, source in enumerate(sentences.pool_sources(settings)):
         grammar = Path(root) / source.get("grammar", settings.get("grammar", "data/synthetic_grammar.yaml"))
-        pool = sentences.bucket(
-            sentences.candidates(source, config["seed"], grammar),
-            tokenizer,
-            dnconfig.sentence_buckets(config, model),
-            settings["per_bucket"],
-            settings["max_candidates"],
-        )
+        try:
+            pool = sentences.bucket(
+                sentences.candidates(source, config["seed"], grammar),
+                tokenizer,
+                dnconfig.sentence_buckets(config, model),
+                settings["per_bucket"],
+                settings["max_candidates"],
+            )
+        except sentences.SentenceError as err:
+            where = "sentences" if i == 0 else f"sentences.mix[{i - 1}]"
+            raise sentences.SentenceError(
+                f"{where} ({source['source']} source), in the model's own tokens: {err}; raise "
+                "sentences.max_candidates, give the source more text, or drop that length from the experiments' "
+                "buckets") from err
         counts = pool.groupby("sentence_tokens").size().to_dict()
         log.info("sentences per bucket (%s source): %s", source["source"], counts)
         short = {n: c for n, c in counts.items() if c < settings["per_bucket"]}
