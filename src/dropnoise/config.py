@@ -16,7 +16,7 @@ import jsonschema
 import yaml
 
 from .labels import AliasError, load_aliases
-from .sentences import pool_sources
+from .sentences import pool_sources, source_key
 from .vocabulary import PERTURBATIONS
 from .tasks import EXPERIMENTS, conditions, expand_grid, shard
 
@@ -134,16 +134,16 @@ def check(config: dict, root: str | Path = ".") -> None:
         if not (here / section["template"]).exists():
             problems.append(f"experiments.{name}.template: file '{section['template']}' does not exist")
         problems += _sharding_problems(f"experiments.{name}", section)
-    capacity = config["sentences"]["per_bucket"] * (1 + len(config["sentences"].get("mix", [])))
-    for key, entry in models.items():  # each few-shot trial shows k + 1 distinct sentences of one length
-        if not {"few_shot"} <= set(config["run"]["experiments"]) & set(config["experiments"]) or "checkpoint_of" in entry:
+    capacity = config["sentences"]["per_bucket"] * len(pool_sources(config["sentences"]))
+    runs_few_shot = "few_shot" in config["run"]["experiments"] and "few_shot" in config["experiments"]
+    for key, entry in models.items() if runs_few_shot else ():  # a trial shows k + 1 sentences of one length
+        if "checkpoint_of" in entry:
             continue
         k = max(settings(config, key, "few_shot")["k"])
-        own = "k" in entry.get("settings", {}).get("few_shot", {})
-        problem = (f"{f'models.{key}.settings' if own else 'experiments'}.few_shot.k: k = {k} needs {k + 1} distinct "
-                   f"sentences of one length; the pool holds at most {capacity} (sentences.per_bucket per source)")
         if k + 1 > capacity:
-            problems.append(problem)
+            where = f"models.{key}.settings" if "k" in entry.get("settings", {}).get("few_shot", {}) else "experiments"
+            problems.append(f"{where}.few_shot.k: k = {k} needs {k + 1} distinct sentences of one length; the pool "
+                            f"holds at most {capacity} (sentences.per_bucket per source)")
     for key, entry in models.items():  # a model's own settings may change shards, samples or shard_by
         for name, own in entry.get("settings", {}).items():
             if name in config["experiments"] and {"shards", "samples_per_condition", "shard_by"} & set(own):
@@ -195,7 +195,7 @@ def check(config: dict, root: str | Path = ".") -> None:
     problems += _dynamics_problems(config)
     sources = pool_sources(config["sentences"])
     for i, source in enumerate(sources):
-        where = "sentences" if i == 0 else f"sentences.mix[{i - 1}]"
+        where = source_key(i)
         if source["source"] == "file" and not (here / source["path"]).exists():
             problems.append(f"{where}.path: file '{source['path']}' does not exist")
     kinds = [source["source"] for source in sources]

@@ -119,9 +119,8 @@ def build_sentences(model_dir: str, config: dict, out: str, root: str | Path = "
                 settings["max_candidates"],
             )
         except sentences.SentenceError as err:
-            where = "sentences" if i == 0 else f"sentences.mix[{i - 1}]"
             raise sentences.SentenceError(
-                f"{where} ({source['source']} source), in the model's own tokens: {err}; raise "
+                f"{sentences.source_key(i)} ({source['source']} source), in the model's own tokens: {err}; raise "
                 "sentences.max_candidates, give the source more text, or drop that length from the experiments' "
                 "buckets") from err
         counts = pool.groupby("sentence_tokens").size().to_dict()

@@ -67,6 +67,11 @@ def pool_sources(settings: dict) -> list[dict]:
     return [settings, *settings.get("mix", [])]
 
 
+def source_key(index: int) -> str:
+    """Where the `index`-th of `pool_sources` is configured, for messages."""
+    return "sentences" if index == 0 else f"sentences.mix[{index - 1}]"
+
+
 def corpus_source(config: dict) -> dict:
     """The density reference corpus's source: the targets' own (`pool`), or the corpus section's."""
     corpus = config["density"]["corpus"]

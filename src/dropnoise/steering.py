@@ -121,7 +121,8 @@ def build(vector: str, X: np.ndarray, perturbation: np.ndarray, units: list[np.n
     direction = difference / np.linalg.norm(difference)
     size = float(np.std(X @ direction)) if unit == "projection_sd" else float(np.linalg.norm(X, axis=1).mean())
     rng = np.random.default_rng(derive_seed(seed, "steering", vector))
-    shuffled = mass_mean(X, null_labels(y, [u[keep] for u in units], 1, derive_seed(seed, "steering", vector, "shuffled"))[:, 0])
+    drawn = null_labels(y, [u[keep] for u in units], 1, derive_seed(seed, "steering", vector, "shuffled"))[:, 0]
+    shuffled = mass_mean(X, drawn)
     random = rng.standard_normal(X.shape[1])
     return [
         Vector(vector, "mass_mean", direction, size, float(np.linalg.norm(difference))),
