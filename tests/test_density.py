@@ -269,6 +269,29 @@ def test_fits_take_perturbed_trials_of_canonical_aliases_per_label_condition():
     assert set(localization) == {"dropout", "noise"} and all((p.strength > 0).all() for p in localization.values())
 
 
+def test_descriptive_views_keep_label_conditions_apart_and_skip_control_aliases():
+    """Swapped teaching labels invert what "correct" means: pooled with the correct-label trials, a density trend
+    and a difference between sources cancel (the deciles then sat flat at 0.5)."""
+    trials = planted_trials(1.5, seed=5).assign(alias_group="canonical")
+    trials["source"] = np.where(trials.log_density > -50, "dense", "sparse")
+    few_shot = pd.concat([trials.assign(label_condition="correct"),
+                          trials.assign(label_condition="swapped", correct=1 - trials.correct),
+                          trials.assign(label_condition="correct", alias_group="placeholder", correct=0)],
+                         ignore_index=True)
+    contrast = density_dependence.source_contrast({("m", "few_shot"): few_shot}).set_index(["label_condition", "source"])
+    assert contrast.n_trials.sum() == 2 * len(trials)  # the placeholder alias's trials are left out
+    accuracy = contrast.groupby(level=[0, 1]).apply(lambda c: np.average(c.accuracy, weights=c.n_trials))
+    assert accuracy["correct", "dense"] - accuracy["correct", "sparse"] > 0.3
+    assert accuracy["swapped", "dense"] == pytest.approx(1 - accuracy["correct", "dense"])
+    figure = density_figures.deciles_figure({("m", "few_shot"): few_shot})
+    assert [ax.get_title() for ax in figure.axes if ax.get_title()] == ["m · few_shot · correct · dropout",
+                                                                         "m · few_shot · swapped · dropout"]
+    for ax, sign in zip(figure.axes, (1, -1)):
+        for line in ax.lines[:-1]:  # a line per strength, then chance
+            deciles = line.get_ydata()
+            assert sign * (deciles[-1] - deciles[0]) > 0.3
+
+
 def test_only_the_primary_bandwidth_is_corrected_for_multiple_fits():
     trials = planted_trials(0.3).assign(**{"log_density_x2": lambda f: f.log_density / 2})
     tables = {("m", "localization"): trials, ("m2", "localization"): planted_trials(0.0, seed=4).assign(

@@ -105,19 +105,29 @@ def join(trials: pd.DataFrame, density: pd.DataFrame, rule: str) -> pd.DataFrame
     return frame.assign(position=frame.answer.astype(str), n_tokens=frame.sentence_tokens)
 
 
+def panels(frame: pd.DataFrame, experiment: str):
+    """(label_condition, trials) of each descriptive view (deciles figure, source contrast): the trials the fits
+    compare (`fit_groups`), at every strength. Pooled, swapped teaching labels or swapped option names invert what
+    "correct" means and cancel a real effect."""
+    if experiment == "localization":
+        yield "", frame
+        return
+    canonical = frame[frame.alias_group == "canonical"]
+    if experiment == "few_shot":
+        yield from canonical.groupby("label_condition")
+    else:
+        yield "", canonical
+
+
 def fit_groups(frame: pd.DataFrame, experiment: str):
     """(perturbation, label_condition, trials) of each fit (see the module docstring)."""
-    perturbed = frame[frame.strength > 0]
-    if experiment == "localization":
-        for perturbation, part in perturbed.groupby("perturbation"):
-            yield perturbation, "", part
-        return
-    canonical = perturbed[perturbed.alias_group == "canonical"]
-    if experiment == "few_shot":
-        for condition, part in canonical.groupby("label_condition"):
-            yield "both", condition, part
-    else:
-        yield "both", "", canonical
+    for condition, part in panels(frame, experiment):
+        perturbed = part[part.strength > 0]
+        if experiment == "localization":
+            for perturbation, trials in perturbed.groupby("perturbation"):
+                yield perturbation, condition, trials
+        else:
+            yield "both", condition, perturbed
 
 
 def _standardised(values: pd.Series) -> pd.Series:
@@ -352,42 +362,48 @@ def density_and_nll(densities: dict[str, pd.DataFrame], scales: list[float], per
 def source_contrast(tables: dict[tuple[str, str], pd.DataFrame]) -> pd.DataFrame:
     """Accuracy per sentence source at each strength, and whether the sources differ at matched strength.
 
-    Per model x experiment x perturbation: `correct ~ C(source) + C(strength)` (strength as fixed effects, so
-    sources are compared at matched strength), cluster-robust by sentence; `source_p` is the joint Wald test of the
-    source terms (none where a source's trials are all right or all wrong: separation). With one source in the pool
-    there is nothing to contrast and `status` says so.
+    Per model x experiment x label condition (`panels`) x perturbation: `correct ~ C(source) + C(strength)`
+    (strength as fixed effects, so sources are compared at matched strength), cluster-robust by sentence; `source_p`
+    is the joint Wald test of the source terms (none where a source's trials are all right or all wrong:
+    separation). With one source in the pool there is nothing to contrast and `status` says so.
     """
     rows = []
     for (model, experiment), frame in tables.items():
-        for perturbation, part in frame.groupby("perturbation"):
-            sources = sorted(part.source.unique())
-            test = {"status": f"one source in the sentence pool ({sources[0]}): no contrast", "source_p": np.nan}
-            if len(sources) > 1:
-                y, X = patsy.dmatrices("correct ~ C(source) + C(strength)", part, return_type="dataframe")
-                fit, problems = _fit(y, X, pd.factorize(part.sentence_id)[0])
-                columns = [i for i, name in enumerate(X.columns) if name.startswith("C(source)")]
-                separated = separation(X, y)
-                if separated and separated.involves(X.columns[columns]):
-                    test["status"] = "not estimable: " + separated.describe()
-                else:
-                    problems += [separated.describe()] if separated else []
-                    test = {"source_p": float(fit.wald_test(np.eye(X.shape[1])[columns], scalar=True).pvalue),
-                            "status": "ok" if not problems else "unreliable fit: " + ", ".join(problems)}
-            for (strength, source), cell in part.groupby(["strength", "source"]):
-                correct = cell.correct.to_numpy(dtype=bool)
-                rows.append({"model": model, "experiment": experiment, "perturbation": perturbation,
-                             "strength": strength, "source": source, "n_trials": len(cell),
-                             "n_sentences": cell.sentence_id.nunique(), "accuracy": correct.mean(),
-                             "mean_log_density": cell.log_density.mean(), **test,
-                             **cell_terms(correct, clusterings(cell))})
+        for condition, panel in panels(frame, experiment):
+            rows += _source_rows(panel, {"model": model, "experiment": experiment, "label_condition": condition})
     table = pd.DataFrame(rows)
     if table.empty:
         return table
     # Wilson intervals on the effective sample size, as every accuracy band (stats.condition_tests)
-    deff = curve_design_effects(table, ["model", "experiment", "perturbation", "source"])
+    deff = curve_design_effects(table, ["model", "experiment", "label_condition", "perturbation", "source"])
     low, high = effective_interval(table.accuracy * table.n_trials, table.n_trials, deff)
     table = drop_terms(table)
     position = table.columns.get_loc("accuracy") + 1
     for offset, (name, values) in enumerate((("design_effect", deff), ("ci_low", low), ("ci_high", high))):
         table.insert(position + offset, name, values)
     return table
+
+
+def _source_rows(frame: pd.DataFrame, keys: dict) -> list[dict]:
+    """One panel's rows of `source_contrast`: per perturbation, its test and each strength x source cell."""
+    rows = []
+    for perturbation, part in frame.groupby("perturbation"):
+        sources = sorted(part.source.unique())
+        test = {"status": f"one source in the sentence pool ({sources[0]}): no contrast", "source_p": np.nan}
+        if len(sources) > 1:
+            y, X = patsy.dmatrices("correct ~ C(source) + C(strength)", part, return_type="dataframe")
+            fit, problems = _fit(y, X, pd.factorize(part.sentence_id)[0])
+            columns = [i for i, name in enumerate(X.columns) if name.startswith("C(source)")]
+            separated = separation(X, y)
+            if separated and separated.involves(X.columns[columns]):
+                test["status"] = "not estimable: " + separated.describe()
+            else:
+                problems += [separated.describe()] if separated else []
+                test = {"source_p": float(fit.wald_test(np.eye(X.shape[1])[columns], scalar=True).pvalue),
+                        "status": "ok" if not problems else "unreliable fit: " + ", ".join(problems)}
+        for (strength, source), cell in part.groupby(["strength", "source"]):
+            correct = cell.correct.to_numpy(dtype=bool)
+            rows.append({**keys, "perturbation": perturbation, "strength": strength, "source": source,
+                         "n_trials": len(cell), "n_sentences": cell.sentence_id.nunique(), "accuracy": correct.mean(),
+                         "mean_log_density": cell.log_density.mean(), **test, **cell_terms(correct, clusterings(cell))})
+    return rows

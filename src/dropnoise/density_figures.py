@@ -10,7 +10,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from . import style
+from . import density_dependence, style
 
 
 def decile_accuracy(frame: pd.DataFrame) -> pd.DataFrame:
@@ -27,19 +27,20 @@ def decile_accuracy(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def deciles_figure(tables: dict[tuple[str, str], pd.DataFrame]):
-    """One row per model x experiment, one column per perturbation; a line per strength, coloured by strength
-    (one colour bar per column)."""
-    keys = list(tables)
-    perturbations = sorted({p for frame in tables.values() for p in frame.perturbation.unique()})
-    fig, axes = style.figure(ncols=len(perturbations), nrows=len(keys), width=style.FULL_WIDTH,
-                             height=1.6 * len(keys) + 0.8, sharey=True, layout="constrained")
+    """One row per model x experiment (x label condition in few-shot: `density_dependence.panels`, whose trials
+    they show), one column per perturbation; a line per strength, coloured by strength (one colour bar per
+    column)."""
+    rows = [((model, experiment, condition), frame, decile_accuracy(part))
+            for (model, experiment), frame in tables.items()
+            for condition, part in density_dependence.panels(frame, experiment)]
+    perturbations = sorted({p for _, _, cells in rows for p in cells.perturbation.unique()})
+    fig, axes = style.figure(ncols=len(perturbations), nrows=len(rows), width=style.FULL_WIDTH,
+                             height=1.6 * len(rows) + 0.8, sharey=True, layout="constrained")
     cmap = plt.get_cmap("viridis")
     for col, perturbation in enumerate(perturbations):
-        strengths = pd.concat([f.strength[f.perturbation == perturbation] for f in tables.values()])
+        strengths = pd.concat([cells.strength[cells.perturbation == perturbation] for _, _, cells in rows])
         norm = Normalize(strengths.min(), strengths.max())
-        for row, key in enumerate(keys):
-            frame = tables[key]
-            cells = decile_accuracy(frame)
+        for row, (names, frame, cells) in enumerate(rows):
             part = cells[cells.perturbation == perturbation]
             ax = axes[row][col]
             for strength, line in part.groupby("strength"):
@@ -47,7 +48,7 @@ def deciles_figure(tables: dict[tuple[str, str], pd.DataFrame]):
             ax.axhline(1 / len([c for c in frame if c.startswith("prob_")]), **style.CHANCE_STYLE)
             ax.set_ylim(-0.03, 1.03)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_title(f"{key[0]} · {key[1]} · {perturbation}")
+            ax.set_title(" · ".join(filter(None, (*names, perturbation))))
             if col == 0:
                 ax.set_ylabel("accuracy")
         axes[-1][col].set_xlabel("log-density decile (1 = sparsest)")

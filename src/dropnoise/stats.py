@@ -33,7 +33,8 @@ Tables (each a function below; columns in order):
     Columns: model, experiment, family, <curve columns>, n, n_clusters, strength_min, strength_max, slope,
     slope_low/high (95%), odds_ratio_range (exp(b1 * (max - min)): the odds ratio from the weakest to the strongest
     strength), p_value (two-sided Wald), p_adjusted (across the curves of a family: all aliases (and label
-    conditions) of one model x experiment x perturbation), significant, note (why a slope is missing).
+    conditions) of one model x experiment x perturbation (x k in few-shot, whose k are separate experiments in the
+    paper)), significant, note (why a slope is missing).
 
 `label_pairs`: few-shot, the same base trials under correct and another teaching-label condition.
     Per dropout x noise cell: exact McNemar test on the discordant pairs (b: correct label right, other wrong;
