@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 from pathlib import Path
@@ -105,7 +106,11 @@ def test_user_sentence_file_and_its_errors(tmp_path, smol_tokenizer):
               "sentences": {"source": "synthetic", "per_bucket": 2, "max_candidates": 20_000,
                             "mix": [{"source": "file", "path": str(path)}]}, "models": {}}
     with pytest.raises(sentences.SentenceError, match=r"sentences.mix\[0\] \(file source\), in the model's own "
-                                                      r"tokens: no sentence of exactly \[7\] tokens"):
+                                                      r"tokens: no sentence of exactly \[7\] tokens.*raise "
+                                                      r"sentences.max_candidates"):
+        pipeline.build_sentences(str(tokenizer_dir), config, str(tmp_path / "pool.csv"), root=ROOT)
+    config["sentences"]["mix"] = [{"source": "file", "path": str(tmp_path / "gone.txt")}]
+    with pytest.raises(sentences.SentenceError, match=r"gone.txt' does not exist$"):  # no advice that cannot help
         pipeline.build_sentences(str(tokenizer_dir), config, str(tmp_path / "pool.csv"), root=ROOT)
     with pytest.raises(sentences.SentenceError, match="does not exist"):
         list(sentences.file_sentences(tmp_path / "missing.txt"))
@@ -121,15 +126,22 @@ def test_tiny_model_folder_round_trip(tmp_path, paper_config):
     assert models.read_marker(tmp_path)["revision"] == "random:seed=0"
 
 
-def test_a_layer_range_the_model_lacks_fails_with_the_prompts_not_in_inference(tmp_path, paper_config):
+def test_a_layer_range_the_model_lacks_fails_before_the_model_loads(tmp_path, paper_config, monkeypatch):
+    """With the prompts, and in inference where the range changed after them (a rerun does not rebuild prompts)."""
     entry = paper_config["models"]["tiny-gemma3"]  # multimodal config: the layer count is its text config's
     template = (ROOT / "data/chat_templates/gemma3.jinja").read_text()
     models.prepare_tiny("tiny-gemma3", entry, tmp_path, paper_config["models"]["smollm2-135m"], template)
     config = copy.deepcopy(paper_config)
     config["perturbation"]["layers"] = [0, 10]
-    with pytest.raises(ValueError, match=r"perturbation.layers: layer range \[0, 10\] is outside the model's 2 "
-                                         r"layers \(0 to 1, or negative from the end\) \(model tiny-gemma3\)"):
+    message = (r"perturbation.layers: layer range \[0, 10\] is outside the model's 2 layers \(0 to 1, or negative "
+               r"from the end\) \(model tiny-gemma3\)")
+    with pytest.raises(ValueError, match=message):
         pipeline.build_prompt_set("tiny-gemma3", str(tmp_path), "localization", config, None, tmp_path / "p.jsonl")
+    outputs.write_jsonl([{"trial_id": 0}], tmp_path / "p.jsonl")
+    monkeypatch.setattr(pipeline, "_load_model", lambda *args: pytest.fail("the model loaded"))
+    with pytest.raises(ValueError, match=message):
+        pipeline.run_shard("tiny-gemma3", str(tmp_path), str(tmp_path / "p.jsonl"), "localization",
+                           [{"target": "dropout", "dropout": 0.5}], config, str(tmp_path / "out.csv"))
 
 
 def test_missing_model_folder_and_offline_hub_are_clear_errors(tmp_path, monkeypatch):
@@ -207,6 +219,42 @@ def test_an_inference_shard_with_no_conditions_stops_before_the_model_loads(tmp_
     with pytest.raises(ValueError, match="this shard has 1 trials and 0 conditions"):
         pipeline.run_shard("llama8b", str(tmp_path / "no-model"), str(prompts_file), "localization", [], paper_config,
                            str(tmp_path / "out.csv"))
+
+
+def _set_layers(folder: Path, n: int) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": n}))
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("layers", r"its weights lack \d+ of the model's tensors \(e.g. model.layers.2."),
+    ("vocab", r"its tokenizer has token ids up to \d+ but config.json says vocab_size: 64"),
+    ("tokenizer", r"it lacks a tokenizer \(tokenizer.json or tokenizer.model or vocab.json\)"),
+])
+def test_a_folder_whose_parts_disagree_stops_at_preparation(tmp_path, paper_config, smol_tokenizer, fault, message):
+    """transformers fills tensors its config names and the weights lack with random values, and only warns."""
+    mine = tmp_path / "mine"
+    build_tiny("olmo2", vocab_size=64 if fault == "vocab" else len(smol_tokenizer)).save_pretrained(mine)
+    if fault != "tokenizer":
+        smol_tokenizer.save_pretrained(mine)
+    if fault == "layers":
+        _set_layers(mine, 3)  # two blocks saved
+    config = _synthetic(paper_config, mine={"kind": "local", "path": str(mine), "gpus": 0})
+    with pytest.raises(models.ModelError, match=f"models.mine: .*{message}"):
+        pipeline.prepare_model("mine", config, tmp_path / "models/mine", root=ROOT)
+    assert not (tmp_path / "models/mine").exists()
+
+
+def test_a_model_whose_weights_lack_tensors_does_not_load(tmp_path, paper_config, smol_tokenizer):
+    """A folder changed after its preparation: every inference job loads it, and none runs a partly random model."""
+    mine = tmp_path / "mine"
+    build_tiny("llama", vocab_size=len(smol_tokenizer)).save_pretrained(mine)
+    smol_tokenizer.save_pretrained(mine)
+    config = _synthetic(paper_config, mine={"kind": "local", "path": str(mine), "gpus": 0})
+    pipeline.prepare_model("mine", config, tmp_path / "models/mine", root=ROOT)
+    _set_layers(mine, 3)
+    with pytest.raises(models.ModelError, match=r"models.mine: .* does not hold together: its weights lack"):
+        models.load(tmp_path / "models/mine", "float32", "cpu")
 
 
 def test_a_local_base_model_needs_a_chat_template_which_the_entry_can_give(tmp_path, paper_config, smol_tokenizer):

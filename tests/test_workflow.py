@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -159,7 +160,11 @@ def test_dynamics_target_runs_only_localization_on_each_checkpoint(tmp_path):
         ({"models": {"mistral7b": {"kind": "hf", "repo_id": "mistralai/Mistral-7B-Instruct-v0.3", "revision": "0" * 40}}},
          "models.mistral7b: 'gpus' is a required property"),
         ({"models": {"mine": {"kind": "local", "path": "nowhere", "gpus": 0}}},
-         "models.mine.path: 'nowhere' is not a model folder (no config.json in it"),
+         ["models.mine.path: 'nowhere' (", "/nowhere) is not a model folder (no config.json in it"]),
+        # ~ is the home directory; a template's name is its file's without the suffix
+        ({"models": {"mine": {"kind": "local", "path": "~/nowhere", "gpus": 0, "chat_template": "qwen3.jinja"}}},
+         [f"'~/nowhere' ({Path.home()}/nowhere) is not a model folder", "models.mine.chat_template: no file "
+          "data/chat_templates/qwen3.jinja.jinja (the name, without .jinja: gemma3, llama3, olmo3, qwen3"]),
         # captured aliases: each must run, and steering must read captured ones
         ({"probes": {"enabled": True, "aliases": ["dropout_noize"]}},
          "probes.aliases: 'dropout_noize' is not among the zero_shot aliases of llama8b"),

@@ -89,6 +89,11 @@ def _new_entry_typos(config: dict) -> list[str]:
             and (close := difflib.get_close_matches(key, known, n=1))]
 
 
+def model_path(entry: dict) -> Path:
+    """A local entry's folder: from the working directory, or the home directory where it starts with ~."""
+    return Path(entry["path"]).expanduser()
+
+
 def check(config: dict, root: str | Path = ".") -> None:
     """Every problem of a schema-valid configuration, raised together. Files the configuration names (templates,
     aliases, sentence and corpus files, a local model) are looked for where the jobs read them, from the working
@@ -110,10 +115,13 @@ def check(config: dict, root: str | Path = ".") -> None:
                 )
         template = entry.get("chat_template")
         if template is not None and not (root / "data/chat_templates" / f"{template}.jinja").exists():
-            problems.append(f"models.{key}.chat_template: no file data/chat_templates/{template}.jinja")
-        if entry["kind"] == "local" and not (here / entry["path"] / "config.json").is_file():
-            problems.append(f"models.{key}.path: '{entry['path']}' is not a model folder (no config.json in it; "
-                            "a folder written by save_pretrained, or a downloaded Hub snapshot)")
+            shipped = sorted(p.stem for p in (root / "data/chat_templates").glob("*.jinja"))
+            problems.append(f"models.{key}.chat_template: no file data/chat_templates/{template}.jinja (the name, "
+                            f"without .jinja: {', '.join(shipped)}, or a file of your own there)")
+        if entry["kind"] == "local" and not (model_path(entry) / "config.json").is_file():
+            problems.append(f"models.{key}.path: '{entry['path']}' ({model_path(entry).resolve()}) is not a model "
+                            "folder (no config.json in it; a folder written by save_pretrained, or a downloaded Hub "
+                            "snapshot)")
         for experiment in entry.get("grids", {}):  # (settings: the schema names their experiments)
             if experiment not in EXPERIMENTS:
                 problems.append(f"models.{key}.grids: unknown experiment '{experiment}'")

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from .config import model_path
+
 log = logging.getLogger(__name__)
 
 MARKER = "dropnoise_model.json"
@@ -207,7 +209,7 @@ def prepare_local(key: str, entry: dict, out: Path) -> None:
     """Link the files of a model folder of the user's own (`path`, from the working directory) into the model
     folder (the weights are not copied); its revision is a fingerprint of its config and of its files' names and
     sizes, for provenance."""
-    source = Path(entry["path"]).resolve()
+    source = model_path(entry).resolve()
     if not (source / "config.json").is_file():
         raise ModelError(f"models.{key}.path: '{source}' is not a model folder (no config.json in it)")
     out.mkdir(parents=True, exist_ok=True)
@@ -221,28 +223,50 @@ def prepare_local(key: str, entry: dict, out: Path) -> None:
     write_marker(out, key, entry, revision=f"local:{source}:{fingerprint.hexdigest()[:16]}")
 
 
+# A tokenizer's vocabulary file, of whichever format (without one, transformers builds an empty tokenizer)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
 def missing_files(folder: Path) -> list[str]:
-    """What a transformers folder lacks of its config and weights: every shard its safetensors index names, or
-    one safetensors file where it has no index (weights load from safetensors only, never from pickled .bin)."""
+    """What a transformers folder lacks of its config, tokenizer and weights: every shard its safetensors index
+    names, or one safetensors file where it has no index (weights load from safetensors only, never from pickled
+    .bin)."""
     if not (folder / "config.json").is_file():
         return ["config.json"]
+    missing = [] if any((folder / name).is_file() for name in TOKENIZER_FILES) else [
+        "a tokenizer (" + " or ".join(TOKENIZER_FILES) + ")"]
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         try:
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         except (ValueError, KeyError):
-            return [f"{index.name} (unreadable: cut short?)"]
-        return [name for name in shards if not (folder / name).is_file()]
-    return [] if any(folder.glob("*.safetensors")) else ["model.safetensors"]
+            return missing + [f"{index.name} (unreadable: cut short?)"]
+        return missing + [name for name in shards if not (folder / name).is_file()]
+    return missing + ([] if any(folder.glob("*.safetensors")) else ["model.safetensors"])
+
+
+def mismatches(config, loading: dict, tokenizer=None) -> list[str]:
+    """Where a folder's weights or tokenizer disagree with its config.json (`loading`: from_pretrained's loading
+    info): tensors the weights lack, which transformers would fill with random values with only a warning (fewer
+    decoder blocks than num_hidden_layers, say); token ids beyond the embedding table."""
+    problems = []
+    if missing := sorted(loading["missing_keys"]):
+        problems.append(f"its weights lack {len(missing)} of the model's tensors (e.g. {', '.join(missing[:3])})")
+    text = config.get_text_config(decoder=True)
+    top = max(tokenizer.get_vocab().values(), default=-1) + 1 if tokenizer is not None else 0
+    if top > text.vocab_size:
+        problems.append(f"its tokenizer has token ids up to {top - 1} but config.json says vocab_size: "
+                        f"{text.vocab_size} (a tokenizer of another model?)")
+    return problems
 
 
 def adopt(key: str, folder: Path, chat_template: str | None) -> None:
     """An hf or local folder, which the workflow did not build: write the entry's chat template where transformers
     reads it first (chat_template.jinja wins over the tokenizer config's), then check what the jobs will need, so
     that a model they cannot run stops here and not in every inference job after its load: decoder blocks where
-    the hooks look, with attention and MLP submodules (checked on a weightless copy), and a chat template (every
-    prompt is a chat)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    the hooks look, with attention and MLP submodules, weights and tokenizer that match the config (`mismatches`;
+    all on the meta device: no weight is read), and a chat template (every prompt is a chat)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     missing = missing_files(folder)
     if missing:
@@ -256,16 +280,23 @@ def adopt(key: str, folder: Path, chat_template: str | None) -> None:
     if chat_template is not None:
         (folder / "chat_template.jinja").unlink(missing_ok=True)  # a link into the user's folder: replace, not write
         (folder / "chat_template.jinja").write_text(chat_template)
+    try:  # on the meta device: the structure and the weights' names, not their values
+        model, loading = AutoModelForCausalLM.from_pretrained(folder, device_map="meta", output_loading_info=True,
+                                                              use_safetensors=True)
+    except Exception as err:  # transformers raises many types for a config or checkpoint it cannot read
+        raise ModelError(f"models.{key}: transformers cannot build the model in {folder}: "
+                         f"{type(err).__name__}: {err}") from err
     try:
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
         layer = decoder_layers(model)[0]
         for site in ("attn", "mlp"):
             sublayer(layer, site)
-    except (ModelError, ValueError, KeyError) as err:
+    except ModelError as err:
         raise ModelError(f"models.{key}: this model cannot be run: {err} (README \"Add a model\" says which "
                          "architectures work)") from err
-    if AutoTokenizer.from_pretrained(folder).chat_template is None:
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if problems := mismatches(model.config, loading, tokenizer):
+        raise ModelError(f"models.{key}: the model folder does not hold together: " + "; ".join(problems))
+    if tokenizer.chat_template is None:
         raise ModelError(f"models.{key}: the tokenizer has no chat template, and every prompt is a chat; give the "
                          "entry `chat_template: <name>`, a file data/chat_templates/<name>.jinja (a base model "
                          "can borrow its instruct sibling's)")
@@ -303,7 +334,9 @@ def load(folder: str | Path, dtype: str = "auto", device: str = "auto"):
     if device == "cuda":
         kwargs["device_map"] = "auto"
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    model, loading = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True, **kwargs)
+    if problems := mismatches(model.config, loading):
+        raise ModelError(f"models.{info['key']}: the model in {folder} does not hold together: " + "; ".join(problems))
     if device == "cpu" or device.startswith("cuda:"):
         model.to(device)
     model.eval()

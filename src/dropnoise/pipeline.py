@@ -120,9 +120,7 @@ def build_sentences(model_dir: str, config: dict, out: str, root: str | Path = "
             )
         except sentences.SentenceError as err:
             raise sentences.SentenceError(
-                f"{sentences.source_key(i)} ({source['source']} source), in the model's own tokens: {err}; raise "
-                "sentences.max_candidates, give the source more text, or drop that length from the experiments' "
-                "buckets") from err
+                f"{sentences.source_key(i)} ({source['source']} source), in the model's own tokens: {err}") from err
         counts = pool.groupby("sentence_tokens").size().to_dict()
         log.info("sentences per bucket (%s source): %s", source["source"], counts)
         short = {n: c for n, c in counts.items() if c < settings["per_bucket"]}
@@ -161,7 +159,7 @@ def build_prompt_set(model_key: str, model_dir: str, experiment: str, config: di
 
 
 def _check_layers(layers, model_key: str, model_dir: str) -> None:
-    """A hooked layer range the model does not have fails here, before any inference job loads it."""
+    """A hooked layer range the model does not have fails here, before the model loads."""
     if layers is None:
         return
     from transformers import AutoConfig
@@ -229,8 +227,9 @@ def run_shard(model_key: str, model_dir: str, prompt_file: str, experiment: str,
         raise ValueError(f"{model_key}/{experiment}: this shard has {len(trials)} trials and {len(conditions)} "
                          f"conditions; check experiments.{experiment} and models.{model_key} (grids, samples)")
     template = load_template(dnconfig.template(config, model_key, experiment), tasks.PLACEHOLDERS[experiment])
-    model, tokenizer = _load_model(model_key, model_dir, config, threads)
     perturbation = config["perturbation"]
+    _check_layers(perturbation["layers"], model_key, model_dir)  # may have changed since the prompts were built
+    model, tokenizer = _load_model(model_key, model_dir, config, threads)
     recorder = None
     if capture_file is not None:
         selection = capture.select(capture_settings, config["seed"], experiment, every,

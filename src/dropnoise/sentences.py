@@ -146,7 +146,9 @@ def bucket(
             pools[n][sentence] = None
     empty = [n for n, pool in pools.items() if not pool]
     if empty:
-        raise SentenceError(f"no sentence of exactly {empty} tokens found among the first {max_candidates} candidates")
+        raise SentenceError(f"no sentence of exactly {empty} tokens found among the first {max_candidates} "
+                            "candidates; raise sentences.max_candidates, give the source more text, or drop that "
+                            "length from the experiments' buckets")
     rows = [
         {"sentence_id": f"t{n:02d}-{i:05d}", "sentence_tokens": n, "sentence": s}
         for n, pool in pools.items()
