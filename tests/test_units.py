@@ -275,6 +275,18 @@ def test_a_local_base_model_needs_a_chat_template_which_the_entry_can_give(tmp_p
     assert sorted(p.name for p in mine.iterdir()) == before  # the user's folder is left alone
 
 
+def test_a_chat_template_without_roles_stops_at_preparation(tmp_path, paper_config, smol_tokenizer):
+    mine = tmp_path / "roleless"
+    build_tiny("llama", vocab_size=len(smol_tokenizer)).save_pretrained(mine)
+    tokenizer = copy.deepcopy(smol_tokenizer)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tokenizer.save_pretrained(mine)
+    assert models.marks_roles(smol_tokenizer)
+    config = _synthetic(paper_config, roleless={"kind": "local", "path": str(mine), "gpus": 0})
+    with pytest.raises(models.ModelError, match="models.roleless: the chat template does not mark whose turn"):
+        pipeline.prepare_model("roleless", config, tmp_path / "models/roleless", root=ROOT)
+
+
 def test_an_architecture_the_hooks_cannot_reach_stops_at_preparation(tmp_path, paper_config, smol_tokenizer):
     from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -300,6 +300,18 @@ def adopt(key: str, folder: Path, chat_template: str | None) -> None:
         raise ModelError(f"models.{key}: the tokenizer has no chat template, and every prompt is a chat; give the "
                          "entry `chat_template: <name>`, a file data/chat_templates/<name>.jinja (a base model "
                          "can borrow its instruct sibling's)")
+    if not marks_roles(tokenizer):
+        raise ModelError(f"models.{key}: the chat template does not mark whose turn is whose (a user turn and an "
+                         "assistant turn render as one text), so the model could not tell the prompt from its own "
+                         "answer; give the entry `chat_template: <name>`, a file data/chat_templates/<name>.jinja")
+
+
+def marks_roles(tokenizer) -> bool:
+    """Whether the chat template tells turns apart: a role-less one renders "a" then "b" as the one turn "ab"."""
+    def text(turns):
+        return tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in turns], tokenize=False)
+
+    return text([("user", "ab")]) != text([("user", "a"), ("assistant", "b")])
 
 
 def check_device(key: str, gpus: int, device: str) -> None:
