@@ -290,6 +290,10 @@ def test_descriptive_views_keep_label_conditions_apart_and_skip_control_aliases(
         for line in ax.lines[:-1]:  # a line per strength, then chance
             deciles = line.get_ydata()
             assert sign * (deciles[-1] - deciles[0]) > 0.3
+    controls_only = few_shot[few_shot.alias_group == "placeholder"]
+    assert not list(density_dependence.panels(controls_only, "zero_shot"))
+    with pytest.raises(ValueError, match="ran no canonical alias"):
+        density_figures.deciles_figure({("m", "zero_shot"): controls_only})
 
 
 def test_only_the_primary_bandwidth_is_corrected_for_multiple_fits():

@@ -228,6 +228,7 @@ def _set_layers(folder: Path, n: int) -> None:
 
 @pytest.mark.parametrize("fault, message", [
     ("layers", r"its weights lack \d+ of the model's tensors \(e.g. model.layers.2."),
+    ("fewer layers", r"its weights hold decoder blocks up to 1 but config.json says num_hidden_layers: 1"),
     ("vocab", r"its tokenizer has token ids up to \d+ but config.json says vocab_size: 64"),
     ("tokenizer", r"it lacks a tokenizer \(tokenizer.json or tokenizer.model or vocab.json\)"),
 ])
@@ -237,12 +238,46 @@ def test_a_folder_whose_parts_disagree_stops_at_preparation(tmp_path, paper_conf
     build_tiny("olmo2", vocab_size=64 if fault == "vocab" else len(smol_tokenizer)).save_pretrained(mine)
     if fault != "tokenizer":
         smol_tokenizer.save_pretrained(mine)
-    if fault == "layers":
-        _set_layers(mine, 3)  # two blocks saved
+    if fault.endswith("layers"):
+        _set_layers(mine, 1 if fault == "fewer layers" else 3)  # two blocks saved
     config = _synthetic(paper_config, mine={"kind": "local", "path": str(mine), "gpus": 0})
     with pytest.raises(models.ModelError, match=f"models.mine: .*{message}"):
         pipeline.prepare_model("mine", config, tmp_path / "models/mine", root=ROOT)
     assert not (tmp_path / "models/mine").exists()
+
+
+def test_preparation_reads_the_weights_names_and_shapes_only(tmp_path, paper_config, smol_tokenizer, monkeypatch):
+    """A 32B model's check must not read its 65 GB: the weights' files give names and shapes, nothing else."""
+    import safetensors
+    import transformers.modeling_utils
+
+    real = safetensors.safe_open
+
+    class HeadersOnly:
+        def __init__(self, path, framework, **kwargs):
+            self.file = real(path, framework)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def keys(self):
+            return self.file.keys()
+
+        def get_slice(self, name):  # a slice that can say its shape and nothing else
+            return type("Shape", (), {"get_shape": lambda _, shape=self.file.get_slice(name).get_shape(): shape})()
+
+    monkeypatch.setattr(safetensors, "safe_open", HeadersOnly)
+    monkeypatch.setattr(transformers.modeling_utils, "safe_open", HeadersOnly)
+    mine = tmp_path / "mine"
+    build_tiny("llama", vocab_size=len(smol_tokenizer)).save_pretrained(mine)
+    smol_tokenizer.save_pretrained(mine)
+    _set_layers(mine, 3)
+    with pytest.raises(models.ModelError, match="its weights lack"):  # and the check still sees what they hold
+        pipeline.prepare_model("mine", _synthetic(paper_config, mine={"kind": "local", "path": str(mine), "gpus": 0}),
+                               tmp_path / "models/mine", root=ROOT)
 
 
 def test_a_model_whose_weights_lack_tensors_does_not_load(tmp_path, paper_config, smol_tokenizer):
@@ -279,11 +314,11 @@ def test_a_chat_template_without_roles_stops_at_preparation(tmp_path, paper_conf
     mine = tmp_path / "roleless"
     build_tiny("llama", vocab_size=len(smol_tokenizer)).save_pretrained(mine)
     tokenizer = copy.deepcopy(smol_tokenizer)
-    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}\n\n{% endfor %}"
     tokenizer.save_pretrained(mine)
     assert models.marks_roles(smol_tokenizer)
     config = _synthetic(paper_config, roleless={"kind": "local", "path": str(mine), "gpus": 0})
-    with pytest.raises(models.ModelError, match="models.roleless: the chat template does not mark whose turn"):
+    with pytest.raises(models.ModelError, match="models.roleless: the chat template does not mark where the user's"):
         pipeline.prepare_model("roleless", config, tmp_path / "models/roleless", root=ROOT)
 
 

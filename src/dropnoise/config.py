@@ -16,7 +16,7 @@ import jsonschema
 import yaml
 
 from .labels import AliasError, load_aliases
-from .sentences import pool_sources, source_key
+from .sentences import pool_sources, source_key, user_path
 from .vocabulary import PERTURBATIONS
 from .tasks import EXPERIMENTS, conditions, expand_grid, shard
 
@@ -89,9 +89,6 @@ def _new_entry_typos(config: dict) -> list[str]:
             and (close := difflib.get_close_matches(key, known, n=1))]
 
 
-def model_path(entry: dict) -> Path:
-    """A local entry's folder: from the working directory, or the home directory where it starts with ~."""
-    return Path(entry["path"]).expanduser()
 
 
 def check(config: dict, root: str | Path = ".") -> None:
@@ -118,8 +115,8 @@ def check(config: dict, root: str | Path = ".") -> None:
             shipped = sorted(p.stem for p in (root / "data/chat_templates").glob("*.jinja"))
             problems.append(f"models.{key}.chat_template: no file data/chat_templates/{template}.jinja (the name, "
                             f"without .jinja: {', '.join(shipped)}, or a file of your own there)")
-        if entry["kind"] == "local" and not (model_path(entry) / "config.json").is_file():
-            problems.append(f"models.{key}.path: '{entry['path']}' ({model_path(entry).resolve()}) is not a model "
+        if entry["kind"] == "local" and not (user_path(entry["path"]) / "config.json").is_file():
+            problems.append(f"models.{key}.path: '{entry['path']}' ({user_path(entry['path']).resolve()}) is not a model "
                             "folder (no config.json in it; a folder written by save_pretrained, or a downloaded Hub "
                             "snapshot)")
         for experiment in entry.get("grids", {}):  # (settings: the schema names their experiments)
@@ -204,13 +201,13 @@ def check(config: dict, root: str | Path = ".") -> None:
     sources = pool_sources(config["sentences"])
     for i, source in enumerate(sources):
         where = source_key(i)
-        if source["source"] == "file" and not (here / source["path"]).exists():
+        if source["source"] == "file" and not user_path(source["path"]).exists():
             problems.append(f"{where}.path: file '{source['path']}' does not exist")
     kinds = [source["source"] for source in sources]
     if len(set(kinds)) < len(kinds):
         problems.append(f"sentences.mix: sources {kinds} repeat a kind; the pool's `source` column must tell them apart")
     corpus = config["density"]["corpus"]
-    if config["density"]["enabled"] and corpus["source"] == "file" and not (here / corpus["path"]).exists():
+    if config["density"]["enabled"] and corpus["source"] == "file" and not user_path(corpus["path"]).exists():
         problems.append(f"density.corpus.path: file '{corpus['path']}' does not exist")
     if problems:  # once each (every checkpoint of a series shares its dynamics settings)
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(dict.fromkeys(problems)))

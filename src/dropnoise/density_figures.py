@@ -33,6 +33,9 @@ def deciles_figure(tables: dict[tuple[str, str], pd.DataFrame]):
     rows = [((model, experiment, condition), frame, decile_accuracy(part))
             for (model, experiment), frame in tables.items()
             for condition, part in density_dependence.panels(frame, experiment)]
+    if not rows:
+        raise ValueError("no trials to draw: the zero- and few-shot runs ran no canonical alias (none, "
+                         "dropout_noise), whose trials the density figures show")
     perturbations = sorted({p for _, _, cells in rows for p in cells.perturbation.unique()})
     fig, axes = style.figure(ncols=len(perturbations), nrows=len(rows), width=style.FULL_WIDTH,
                              height=1.6 * len(rows) + 0.8, sharey=True, layout="constrained")

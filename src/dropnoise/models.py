@@ -17,12 +17,13 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
 import torch
 
-from .config import model_path
+from .sentences import user_path
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ def prepare_local(key: str, entry: dict, out: Path) -> None:
     """Link the files of a model folder of the user's own (`path`, from the working directory) into the model
     folder (the weights are not copied); its revision is a fingerprint of its config and of its files' names and
     sizes, for provenance."""
-    source = model_path(entry).resolve()
+    source = user_path(entry["path"]).resolve()
     if not (source / "config.json").is_file():
         raise ModelError(f"models.{key}.path: '{source}' is not a model folder (no config.json in it)")
     out.mkdir(parents=True, exist_ok=True)
@@ -248,16 +249,41 @@ def missing_files(folder: Path) -> list[str]:
 def mismatches(config, loading: dict, tokenizer=None) -> list[str]:
     """Where a folder's weights or tokenizer disagree with its config.json (`loading`: from_pretrained's loading
     info): tensors the weights lack, which transformers would fill with random values with only a warning (fewer
-    decoder blocks than num_hidden_layers, say); token ids beyond the embedding table."""
+    decoder blocks than num_hidden_layers, say), decoder blocks beyond num_hidden_layers, which it would drop with
+    only a warning (other tensors the model does not use are logged); token ids beyond the embedding table."""
+    text = config.get_text_config(decoder=True)
     problems = []
     if missing := sorted(loading["missing_keys"]):
         problems.append(f"its weights lack {len(missing)} of the model's tensors (e.g. {', '.join(missing[:3])})")
-    text = config.get_text_config(decoder=True)
+    if unexpected := sorted(loading["unexpected_keys"]):
+        log.warning("weights the model does not use: %s", ", ".join(unexpected[:10]))
+        blocks = {int(m.group(1)) for m in map(re.compile(r"\blayers\.(\d+)\.").search, unexpected) if m}
+        if blocks and min(blocks) >= text.num_hidden_layers:
+            problems.append(f"its weights hold decoder blocks up to {max(blocks)} but config.json says "
+                            f"num_hidden_layers: {text.num_hidden_layers}")
     top = max(tokenizer.get_vocab().values(), default=-1) + 1 if tokenizer is not None else 0
     if top > text.vocab_size:
         problems.append(f"its tokenizer has token ids up to {top - 1} but config.json says vocab_size: "
                         f"{text.vocab_size} (a tokenizer of another model?)")
     return problems
+
+
+def meta_load(folder: Path):
+    """The model on the meta device, and from_pretrained's loading info, from the safetensors headers alone: the
+    loading info comes after transformers' own renaming of checkpoint keys, and no tensor is read (from_pretrained
+    with device_map="meta" reads every one, 65 GB for a 32B model)."""
+    from safetensors import safe_open
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    config = AutoConfig.from_pretrained(folder)
+    shapes = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(path, "pt") as weights:
+            shapes.update({name: weights.get_slice(name).get_shape() for name in weights.keys()})
+    state = {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}
+    return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)].from_pretrained(
+        None, config=config, state_dict=state, device_map="meta", output_loading_info=True)
 
 
 def adopt(key: str, folder: Path, chat_template: str | None) -> None:
@@ -266,7 +292,7 @@ def adopt(key: str, folder: Path, chat_template: str | None) -> None:
     that a model they cannot run stops here and not in every inference job after its load: decoder blocks where
     the hooks look, with attention and MLP submodules, weights and tokenizer that match the config (`mismatches`;
     all on the meta device: no weight is read), and a chat template (every prompt is a chat)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     missing = missing_files(folder)
     if missing:
@@ -280,9 +306,8 @@ def adopt(key: str, folder: Path, chat_template: str | None) -> None:
     if chat_template is not None:
         (folder / "chat_template.jinja").unlink(missing_ok=True)  # a link into the user's folder: replace, not write
         (folder / "chat_template.jinja").write_text(chat_template)
-    try:  # on the meta device: the structure and the weights' names, not their values
-        model, loading = AutoModelForCausalLM.from_pretrained(folder, device_map="meta", output_loading_info=True,
-                                                              use_safetensors=True)
+    try:
+        model, loading = meta_load(folder)
     except Exception as err:  # transformers raises many types for a config or checkpoint it cannot read
         raise ModelError(f"models.{key}: transformers cannot build the model in {folder}: "
                          f"{type(err).__name__}: {err}") from err
@@ -300,18 +325,27 @@ def adopt(key: str, folder: Path, chat_template: str | None) -> None:
         raise ModelError(f"models.{key}: the tokenizer has no chat template, and every prompt is a chat; give the "
                          "entry `chat_template: <name>`, a file data/chat_templates/<name>.jinja (a base model "
                          "can borrow its instruct sibling's)")
-    if not marks_roles(tokenizer):
-        raise ModelError(f"models.{key}: the chat template does not mark whose turn is whose (a user turn and an "
-                         "assistant turn render as one text), so the model could not tell the prompt from its own "
-                         "answer; give the entry `chat_template: <name>`, a file data/chat_templates/<name>.jinja")
+    try:
+        marked = marks_roles(tokenizer)
+    except Exception as err:  # a template's own raise_exception, or a Jinja error
+        raise ModelError(f"models.{key}: the chat template cannot render a prompt: {type(err).__name__}: {err}") from err
+    if not marked:
+        raise ModelError(f"models.{key}: the chat template does not mark where the user's turn ends and the "
+                         "assistant's begins (nothing but white space between them), so the model could not tell "
+                         "the prompt from its own answer; give the entry `chat_template: <name>`, a file "
+                         "data/chat_templates/<name>.jinja")
 
 
 def marks_roles(tokenizer) -> bool:
-    """Whether the chat template tells turns apart: a role-less one renders "a" then "b" as the one turn "ab"."""
-    def text(turns):
-        return tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in turns], tokenize=False)
+    """Whether the chat template, rendered as every prompt is (`prompts.render`), puts more than white space between
+    a user turn and the assistant's answer (a role-less template joins the turns' contents)."""
+    from .prompts import render
 
-    return text([("user", "ab")]) != text([("user", "a"), ("assistant", "b")])
+    user, answer = "dropnoise-user-turn", "dropnoise-assistant-turn"
+    text = render(tokenizer, [{"role": "system", "content": ""}, {"role": "user", "content": user},
+                              {"role": "assistant", "content": answer}])
+    start, end = text.find(user), text.find(answer)
+    return 0 <= start < end and bool(text[start + len(user):end].strip())
 
 
 def check_device(key: str, gpus: int, device: str) -> None:

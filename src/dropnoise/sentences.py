@@ -122,8 +122,14 @@ def wikitext_sentences(seed: int) -> Iterator[str]:
     yield from sentences
 
 
+def user_path(path: str | Path) -> Path:
+    """A path the configuration gives (a sentence file, a local model): from the working directory, or from the
+    home directory where it starts with ~."""
+    return Path(path).expanduser()
+
+
 def file_sentences(path: str | Path) -> Iterator[str]:
-    path = Path(path)
+    path = user_path(path)
     if not path.exists():
         raise SentenceError(f"sentence file '{path}' does not exist")
     for line in path.read_text().splitlines():
