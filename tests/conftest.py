@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
-from dropnoise import models
+from dropnoise import models, stats
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = sorted(models.TINY_CONFIG_CLASSES)
@@ -37,3 +38,11 @@ def build_tiny(family: str, vocab_size: int = 256, n_layers: int = 2, seed: int 
 @pytest.fixture(params=FAMILIES)
 def tiny_model(request):
     return build_tiny(request.param)
+
+
+def kish_design_effect(correct, groups) -> float:
+    """One cell's design effect by sentence, 1 + (m_w - 1) rho, from its own rows (rho = 1 where they estimate
+    none): what the tables' design effects reduce to for a cell of one-way clustering."""
+    num, den, size = stats.icc_terms(correct, groups)
+    rho = stats.own_icc(num, den)
+    return max(1.0, 1 + (size - 1) * (1.0 if np.isnan(rho) else rho))

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from statsmodels.stats.proportion import proportion_confint
 
+from conftest import kish_design_effect
 from dropnoise import figures, stats, style, summary
 
 RULES = ("primary", "aggregate", "argmax")
@@ -111,7 +112,7 @@ def test_few_shot_by_k_and_flipped_labels():
     bars = [segment[:, 1] for segment in swapped.lines[2][0].get_segments()]
     for (k, part), (low, high) in zip(table[(table.label_condition == "swapped") & (table.alias == "none")].groupby("k"), bars):
         correct = part.correct_primary.to_numpy()
-        deff = stats.design_effect(correct, part.sentence_id.to_numpy())
+        deff = kish_design_effect(correct, part.sentence_id.to_numpy())
         wilson = proportion_confint(correct.sum() / deff, len(part) / deff, method="wilson")
         assert deff > 2 and np.allclose([low, high], 100 * (1 - np.array(wilson[::-1])))
     pairs = stats.label_pairs(table)

@@ -14,6 +14,7 @@ from scipy.stats import binomtest
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.proportion import proportion_confint
 
+from conftest import kish_design_effect
 from dropnoise import outputs, pipeline, stats, summary
 from dropnoise.labels import load_aliases
 from dropnoise.separation import separation
@@ -117,7 +118,7 @@ def test_the_controls_intervals_cluster_by_both_of_a_trials_sentences():
     the perturbed one alone splits a sentence's trials over others' clusters; two-way clustering keeps them."""
     trials = control_trials(np.random.default_rng(3))
     two_way = stats.condition_tests(trials, "localization_control")
-    one_way = [stats.design_effect(cell.correct_primary.to_numpy(), cell.sentence_id.to_numpy())
+    one_way = [kish_design_effect(cell.correct_primary.to_numpy(), cell.sentence_id.to_numpy())
                for _, cell in trials.groupby("strength")]  # by the perturbed sentence alone
     clean = trials[trials.strength == 0]
     sport = clean.sentence_id.where(clean.sentence_id.str.startswith("sport"), clean.other_sentence_id)
@@ -181,7 +182,7 @@ def test_a_cell_right_on_every_trial_takes_its_curves_intra_sentence_correlation
     assert pooled < max(own) - 0.05
     for strength, (_, cell) in enumerate(dropout.groupby("strength")):
         if strength < 3:  # a cell with its own estimate keeps it
-            mine = stats.design_effect(cell.correct_primary.to_numpy(), cell.sentence_id.to_numpy())
+            mine = kish_design_effect(cell.correct_primary.to_numpy(), cell.sentence_id.to_numpy())
             assert tests.loc[("dropout", float(strength)), "design_effect"] == pytest.approx(mine)
     assert (tests.loc["noise", "design_effect"] == 12).all()
     worst = proportion_confint(80, 80, method="wilson")[0]

@@ -4,7 +4,7 @@ Per checkpoint (its localization run, probes and mutual information):
 - ``verbal_accuracy``: which-sentence accuracy of the model's answer (primary rule, 95% Wilson interval);
 - ``probe_accuracy``: the linear probe at its best layer, chosen once per checkpoint, task, site and perturbation
   (the best mean accuracy over strengths, as represented_vs_reported.csv chooses it, so that strength 0 does not
-  get the optimistic maximum of chance-level probes), with its 95% Wilson interval;
+  get the optimistic maximum of chance-level probes), with its 95% interval (`probes.cross_validated_interval`);
 - ``nhsic_tx`` and ``nhsic_ty_excess`` (nHSIC(T;Y) minus its permutation-null mean) per layer at the answer
   position and the middle RBF width, the quantities the reference paper plots against training step.
 ``level`` is a strength's rank among the strengths a metric has (0: unperturbed), the same at every checkpoint.

@@ -33,13 +33,12 @@ from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from statsmodels.stats.proportion import proportion_confint
 
 from .activations import CLEAN, SITES
 from .label_permutations import null_labels
-from .stats import borrowed_icc, design_effect, effective_interval, icc_terms, own_icc
 from .vocabulary import PERTURBATIONS, derive_seed
 
-FEATURES = ("linear", "norm", "shuffled")
 CONDITION_COLUMNS = ("experiment", "task", "perturbation", "strength", "level", "dropout_strength", "noise_strength")
 
 
@@ -129,16 +128,25 @@ def probe(C: float) -> object:
     return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=1000))
 
 
-def out_of_fold(estimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """P(y = 1) for every row from a model fitted on the other folds (folds grouped by sentence); with labels
-    0..K-1, K > 2, [rows, K] class probabilities (a class a training fold lacks gets 0). Tiny sets get fewer folds
-    (no more than sentences, nor than the larger class has rows), and a training fold with one class only predicts
-    its class prior."""
+def fold_ids(y: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Each row's test fold: stratified by label, grouped by sentence (no sentence on both sides of a split). Tiny
+    sets get fewer folds (no more than sentences, nor than the larger class has rows)."""
     splits = max(2, min(folds, len(np.unique(groups)), np.bincount(y).max()))
     cv = StratifiedGroupKFold(n_splits=splits, shuffle=True, random_state=seed % 2**32)
+    fold = np.empty(len(y), dtype=int)
+    for i, (_, test) in enumerate(cv.split(np.zeros((len(y), 1)), y, groups)):
+        fold[test] = i
+    return fold
+
+
+def out_of_fold(estimator, X: np.ndarray, y: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """P(y = 1) for every row from a model fitted on the other folds (`fold_ids`); with labels 0..K-1, K > 2,
+    [rows, K] class probabilities (a class a training fold lacks gets 0). A training fold with one class only
+    predicts its class prior."""
     classes = y.max() + 1
     proba = np.zeros((len(y), classes))
-    for train, test in cv.split(X, y, groups):
+    for i in np.unique(fold):
+        train, test = fold != i, fold == i
         model = estimator if len(np.unique(y[train])) > 1 else DummyClassifier(strategy="prior")
         fitted = clone(model).fit(X[train], y[train])
         proba[np.ix_(test, fitted.classes_)] = fitted.predict_proba(X[test])
@@ -150,61 +158,47 @@ def correct(y: np.ndarray, proba: np.ndarray) -> np.ndarray:
     return (proba > 0.5) == y if proba.ndim == 1 else proba.argmax(1) == y
 
 
-def auroc_interval(y: np.ndarray, proba: np.ndarray, groups: np.ndarray) -> tuple[float, float]:
-    """95% interval of the AUROC of rows clustered by sentence: Obuchowski's (1997, Biometrics 53:567) variance,
-    DeLong's structural components summed per cluster, so that a sentence's rows count once and a positive and a
-    negative row of one sentence (a trial's perturbed and clean rows) covary. With one row per sentence it is
-    DeLong's variance; repeating every sentence's rows leaves it unchanged. NaN where fewer than two sentences
-    hold either class."""
-    positive = y.astype(bool)
-    n_pos, n_neg = positive.sum(), (~positive).sum()
-    ranks = stats.rankdata(proba)
-    v10, v01 = np.zeros(len(y)), np.zeros(len(y))
-    v10[positive] = (ranks[positive] - stats.rankdata(proba[positive])) / n_neg  # negatives below each positive
-    v01[~positive] = 1 - (ranks[~positive] - stats.rankdata(proba[~positive])) / n_pos  # positives above a negative
-    auc = v10[positive].mean()
-    per = pd.DataFrame({"group": groups, "pos": positive, "neg": ~positive, "v10": v10, "v01": v01})
-    per = per.groupby("group").sum()
-    d10, d01 = per.v10 - per.pos * auc, per.v01 - per.neg * auc
-    clusters, with_pos, with_neg = len(per), (per.pos > 0).sum(), (per.neg > 0).sum()
-    if min(with_pos, with_neg) < 2:
+def cross_validated_interval(estimate: float, per_fold: list[float]) -> tuple[float, float]:
+    """95% interval of a cross-validated score from its folds' scores: Nadeau & Bengio's (2003, Machine Learning
+    52:239) corrected resampled t, variance (1/J + n_test/n_train) s^2 with s^2 the folds' variance, t on J - 1
+    df. The folds' models share most of their training rows, so their scores vary less than independent ones
+    would; the n_test/n_train term puts that back. Folds group sentences, so the folds' spread carries the
+    sentences' own. NaN with fewer than two scored folds."""
+    scored = np.asarray([v for v in per_fold if np.isfinite(v)])
+    if len(scored) < 2:
         return np.nan, np.nan
-    s10 = with_pos / ((with_pos - 1) * n_pos) * (d10**2).sum()
-    s01 = with_neg / ((with_neg - 1) * n_neg) * (d01**2).sum()
-    s11 = clusters / (clusters - 1) * (d10 * d01).sum()
-    se = np.sqrt(max(s10 / n_pos + s01 / n_neg + 2 * s11 / (n_pos * n_neg), 0.0))
-    return max(0.0, auc - 1.96 * se), min(1.0, auc + 1.96 * se)
+    half = stats.t.ppf(0.975, len(scored) - 1) * np.sqrt((1 / len(scored) + 1 / (len(scored) - 1)) * scored.var(ddof=1))
+    return max(0.0, estimate - half), min(1.0, estimate + half)
 
 
-def layer_icc(fits: list[tuple[np.ndarray, np.ndarray]], groups: np.ndarray) -> float:
-    """The intra-sentence correlation of a probe's correctness for its layers whose rows estimate none (right on
-    every row), from its layers' estimates ((labels, probabilities) per layer): `stats.borrowed_icc`."""
-    return borrowed_icc([own_icc(*icc_terms(correct(y, proba), groups)[:2]) for y, proba in fits])
-
-
-def scores(y: np.ndarray, proba: np.ndarray, groups: np.ndarray, icc: float = 1.0) -> dict:
-    """Accuracy (95% Wilson interval) next to the majority class's share (what always answering the larger class
-    scores), AUROC (95% interval, `auroc_interval`), and the cross-entropy bound I(T;Y) >= H(Y) - CE in bits.
-    Rows of one sentence are not independent: the accuracy's interval uses the effective sample size n / deff,
-    deff the design effect of the rows' correctness by sentence (`icc`, the intra-sentence correlation, where the
-    rows estimate none: `layer_icc`); the AUROC's variance is clustered by sentence. Three or more classes (proba
-    [rows, K]): accuracy of the most probable class, the macro one-vs-rest AUROC without an interval. The intervals
-    are descriptive: they take cross-fitted predictions as one fixed classifier's, while the fold models share most
-    of their training rows, so near chance they are too narrow (README "Inside the model"); the shuffled-label
-    baseline is the reference a probe is read against."""
+def scores(y: np.ndarray, proba: np.ndarray, fold: np.ndarray, groups: np.ndarray) -> dict:
+    """Accuracy next to the majority class's share (what always answering the larger class scores), AUROC, each
+    with its 95% interval from the folds' scores (`cross_validated_interval`), and the cross-entropy bound
+    I(T;Y) >= H(Y) - CE in bits. Where every fold scores the same (all right, typically) the folds' spread says
+    nothing: the accuracy then takes Wilson's interval counting each sentence (`groups`) once, the AUROC none.
+    Three or more classes (proba [rows, K]): accuracy of the most probable class, the macro one-vs-rest AUROC
+    without an interval."""
     hits = correct(y, proba)
-    deff = design_effect(hits, groups, icc)
-    low, high = effective_interval(hits.sum(), len(y), deff)
+    folds = np.unique(fold)
+    low, high = cross_validated_interval(hits.mean(), [hits[fold == i].mean() for i in folds])
+    if low == high:
+        sentences = len(np.unique(groups))
+        low, high = proportion_confint(hits.mean() * sentences, sentences, method="wilson")
     counts = np.bincount(y, minlength=2)
     if proba.ndim == 1:
-        auroc, (auc_low, auc_high) = roc_auc_score(y, proba), auroc_interval(y, proba, groups)
+        auroc = roc_auc_score(y, proba)
+        per_fold = [roc_auc_score(y[fold == i], proba[fold == i]) if len(np.unique(y[fold == i])) == 2 else np.nan
+                    for i in folds]
+        auc_low, auc_high = cross_validated_interval(auroc, per_fold)
+        if auc_low == auc_high:
+            auc_low = auc_high = np.nan
         clipped = np.clip(proba, 1e-6, 1 - 1e-6)
     else:
         auroc, auc_low, auc_high = roc_auc_score(y, proba, multi_class="ovr", average="macro"), np.nan, np.nan
         clipped = np.clip(proba, 1e-6, None) / np.clip(proba, 1e-6, None).sum(1, keepdims=True)
     entropy = stats.entropy(counts, base=2)
     cross_entropy = log_loss(y, clipped, labels=np.arange(len(counts))) / np.log(2)
-    return {"n": len(y), "design_effect": deff, "accuracy": hits.mean(), "accuracy_low": low, "accuracy_high": high,
+    return {"n": len(y), "folds": len(folds), "accuracy": hits.mean(), "accuracy_low": low, "accuracy_high": high,
             "majority_accuracy": counts.max() / len(y), "auroc": auroc, "auroc_low": auc_low, "auroc_high": auc_high,
             "label_entropy_bits": entropy, "cross_entropy_bits": cross_entropy,
             "mi_lower_bound_bits": entropy - cross_entropy}
@@ -217,18 +211,16 @@ def run(sites: dict[str, np.ndarray], layers: np.ndarray, sets: list[Dataset], f
         y, groups = dataset.labels, dataset.groups
         key = derive_seed(seed, "probes", *sorted(dataset.condition.items()))
         shuffled = null_labels(y, dataset.design, 1, key)[:, 0]  # as the design could have drawn them
+        fold, shuffled_fold = fold_ids(y, groups, folds, key), fold_ids(shuffled, groups, folds, key)
         for site in dataset.sites:
-            fits = {}  # (layer, features) -> labels, out-of-fold probabilities
             for slot, layer in enumerate(layers):
                 X = sites[site][dataset.rows, slot]
-                inputs = {"linear": (X, y), "norm": (np.linalg.norm(X, axis=1, keepdims=True), y), "shuffled": (X, shuffled)}
-                for features, (values, labels) in inputs.items():
-                    fits[int(layer), features] = labels, out_of_fold(probe(C), values, labels, groups, folds, key)
-            icc = {features: layer_icc([fit for (_, f), fit in fits.items() if f == features], groups)
-                   for features in FEATURES}
-            for (layer, features), (labels, proba) in fits.items():
-                out.append({**dataset.condition, "site": site, "layer": layer, "features": features,
-                            "n_groups": len(np.unique(groups)), **scores(labels, proba, groups, icc[features])})
+                inputs = {"linear": (X, y, fold), "norm": (np.linalg.norm(X, axis=1, keepdims=True), y, fold),
+                          "shuffled": (X, shuffled, shuffled_fold)}
+                for features, (values, labels, split) in inputs.items():
+                    proba = out_of_fold(probe(C), values, labels, split)
+                    out.append({**dataset.condition, "site": site, "layer": int(layer), "features": features,
+                                "n_groups": len(np.unique(groups)), **scores(labels, proba, split, groups)})
     table = pd.DataFrame(out)
     columns = [*CONDITION_COLUMNS, "site", "layer", "features"]
     return table.reindex(columns=[*columns, *[c for c in table if c not in columns]])

@@ -154,17 +154,6 @@ def icc_terms(correct: np.ndarray, groups: np.ndarray) -> tuple[float, float, fl
     return float(((sums - p * counts) ** 2).sum() - binomial * n), binomial * (size - 1) * n, size
 
 
-def design_effect(correct: np.ndarray, groups: np.ndarray, icc: float = 1.0) -> float:
-    """Kish's design effect of a proportion whose rows come in clusters (sentences), 1 + (m_w - 1) rho, at least 1:
-    rho the rows' own estimate (`icc_terms`), or `icc` where they have none. One row per sentence gives exactly 1;
-    every sentence k identical rows, k. The default `icc` = 1, clusters whose rows always agree, is the most that
-    repetition can cost (a proportion of 1 over repeated sentences is no more evidence than one row per sentence);
-    `probes.scores` passes the one its probe's other layers give (`curve_design_effects`: the same for a table)."""
-    num, den, size = icc_terms(correct, groups)
-    rho = own_icc(num, den)
-    return max(1.0, 1 + (size - 1) * (icc if np.isnan(rho) else rho))
-
-
 def own_icc(num, den):
     """The intra-sentence correlation from `icc_terms` (elementwise), NaN where the rows estimate none (den = 0)."""
     num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
