@@ -1,6 +1,7 @@
 """How often the probes' accuracy intervals call a probe better than chance, on simulated sets.
 
     python benchmarks/probe_intervals.py                 # 150 sets per separation, about 20 s on 2 cores
+    python benchmarks/probe_intervals.py --sets 1000 --separation 0
 
 Each set: --rows rows (sentences of two rows) x --dims dimensions, labels of pure noise plus a planted shift of
 --separation along one random direction; the probe and folds of probes.csv (`probes.fold_ids`, `out_of_fold`).

@@ -291,7 +291,7 @@ def test_descriptive_views_keep_label_conditions_apart_and_skip_control_aliases(
             deciles = line.get_ydata()
             assert sign * (deciles[-1] - deciles[0]) > 0.3
     controls_only = few_shot[few_shot.alias_group == "placeholder"]
-    assert not list(density_dependence.panels(controls_only, "zero_shot"))
+    assert density_dependence.source_contrast({("m", "zero_shot"): controls_only}).empty
     with pytest.raises(ValueError, match="ran no canonical alias"):
         density_figures.deciles_figure({("m", "zero_shot"): controls_only})
 

@@ -57,12 +57,18 @@ def test_probe_stays_at_chance_on_shuffled_labels():
 
 
 def test_probe_intervals_come_from_the_folds_scores_corrected_for_shared_training_rows():
-    """Nadeau & Bengio's corrected resampled t: the folds' spread, inflated by n_test/n_train, t on J - 1 df."""
+    """Nadeau & Bengio's corrected resampled t: the folds' spread, inflated by n_test/n_train, t on J - 1 df; never
+    narrower than Wilson counting each sentence once."""
     per_fold = [0.6, 0.7, 0.8, 0.7, 0.7]
     half = stats.t.ppf(0.975, 4) * np.sqrt((1 / 5 + 1 / 4) * np.var(per_fold, ddof=1))
-    assert probes.cross_validated_interval(0.7, per_fold) == pytest.approx((0.7 - half, 0.7 + half))
-    assert probes.cross_validated_interval(0.95, [0.9, 1.0, 1.0])[1] == 1.0  # clipped
-    assert np.isnan(probes.cross_validated_interval(0.7, [0.7, np.nan])).all()  # one scored fold: no spread
+    assert probes.cross_validated_interval(0.7, per_fold, 10_000) == pytest.approx((0.7 - half, 0.7 + half))
+    # n_test/n_train is that of the K folds, also where some fold has no score (an AUROC of one class)
+    half = stats.t.ppf(0.975, 2) * np.sqrt((1 / 3 + 1 / 4) * np.var([0.6, 0.7, 0.8], ddof=1))
+    assert probes.cross_validated_interval(0.7, [0.6, 0.7, np.nan, 0.8, np.nan], 10_000)[0] == pytest.approx(0.7 - half)
+    assert probes.cross_validated_interval(0.95, [0.9, 1.0, 1.0], 10_000)[1] == 1.0  # clipped
+    wilson = proportion_confint(0.95 * 40, 40, method="wilson")
+    for per_fold in ([0.95, 0.95, 0.95], [0.95, 0.95 + 1e-16, 0.95], [0.7, np.nan]):  # no spread, or one fold
+        assert probes.cross_validated_interval(0.95, per_fold, 40) == pytest.approx(wilson)
     rng = np.random.default_rng(6)
     y, fold = rng.integers(0, 2, 60), np.arange(60) % 5
     proba = np.where(rng.random(60) < 0.8, y, 1 - y) * 0.8 + 0.1
@@ -71,13 +77,11 @@ def test_probe_intervals_come_from_the_folds_scores_corrected_for_shared_trainin
     repeated = probes.scores(np.repeat(y, 4), np.repeat(proba, 4), np.repeat(fold, 4), np.repeat(np.arange(60), 4))
     for name in ("accuracy_low", "accuracy_high", "auroc_low", "auroc_high"):
         assert repeated[name] == pytest.approx(alone[name])
-    # right on every row, in every fold: no spread to read, so Wilson counting each sentence once (and no AUROC
-    # interval), however often the sentences repeat
+    # right on every row, in every fold: no spread to read, so Wilson counting each sentence once
     perfect = probes.scores(np.repeat(y, 4), np.repeat(y, 4).astype(float), np.repeat(fold, 4),
                             np.repeat(np.arange(60), 4))
     assert (perfect["accuracy_low"], perfect["accuracy_high"]) == pytest.approx(
         proportion_confint(60, 60, method="wilson"))
-    assert np.isnan(perfect["auroc_low"]) and np.isnan(perfect["auroc_high"])
 
 
 def test_probe_intervals_hold_their_level_on_labels_of_pure_noise():

@@ -112,10 +112,10 @@ def panels(frame: pd.DataFrame, experiment: str):
     if experiment == "localization":
         yield "", frame
         return
-    canonical = frame[frame.alias_group == "canonical"]  # none where only control aliases ran: no panel
+    canonical = frame[frame.alias_group == "canonical"]  # empty where only control aliases ran
     if experiment == "few_shot":
         yield from canonical.groupby("label_condition")
-    elif len(canonical):
+    else:
         yield "", canonical
 
 

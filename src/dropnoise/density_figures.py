@@ -32,7 +32,7 @@ def deciles_figure(tables: dict[tuple[str, str], pd.DataFrame]):
     column)."""
     rows = [((model, experiment, condition), frame, decile_accuracy(part))
             for (model, experiment), frame in tables.items()
-            for condition, part in density_dependence.panels(frame, experiment)]
+            for condition, part in density_dependence.panels(frame, experiment) if len(part)]
     if not rows:
         raise ValueError("no trials to draw: the zero- and few-shot runs ran no canonical alias (none, "
                          "dropout_noise), whose trials the density figures show")

@@ -158,40 +158,37 @@ def correct(y: np.ndarray, proba: np.ndarray) -> np.ndarray:
     return (proba > 0.5) == y if proba.ndim == 1 else proba.argmax(1) == y
 
 
-def cross_validated_interval(estimate: float, per_fold: list[float]) -> tuple[float, float]:
+def cross_validated_interval(estimate: float, per_fold: list[float], sentences: int) -> tuple[float, float]:
     """95% interval of a cross-validated score from its folds' scores: Nadeau & Bengio's (2003, Machine Learning
-    52:239) corrected resampled t, variance (1/J + n_test/n_train) s^2 with s^2 the folds' variance, t on J - 1
-    df. The folds' models share most of their training rows, so their scores vary less than independent ones
-    would; the n_test/n_train term puts that back. Folds group sentences, so the folds' spread carries the
-    sentences' own. NaN with fewer than two scored folds."""
+    52:239) corrected resampled t, variance (1/J + n_test/n_train) s^2 with s^2 the J scored folds' variance and
+    n_test/n_train = 1/(K - 1) for K folds, t on J - 1 df. The folds' models share most of their training rows, so
+    their scores vary less than independent ones would; the n_test/n_train term puts that back. Folds group
+    sentences, so the folds' spread carries the sentences' own. Never narrower than Wilson's interval counting
+    each of the `sentences` once (a score, read as a proportion): three folds' spread can be small by chance, and
+    where every fold scores the same it says nothing."""
+    wilson = proportion_confint(estimate * sentences, sentences, method="wilson")
     scored = np.asarray([v for v in per_fold if np.isfinite(v)])
     if len(scored) < 2:
-        return np.nan, np.nan
-    half = stats.t.ppf(0.975, len(scored) - 1) * np.sqrt((1 / len(scored) + 1 / (len(scored) - 1)) * scored.var(ddof=1))
-    return max(0.0, estimate - half), min(1.0, estimate + half)
+        return wilson
+    variance = (1 / len(scored) + 1 / (len(per_fold) - 1)) * scored.var(ddof=1)
+    half = stats.t.ppf(0.975, len(scored) - 1) * np.sqrt(variance)
+    return min(max(0.0, estimate - half), wilson[0]), max(min(1.0, estimate + half), wilson[1])
 
 
 def scores(y: np.ndarray, proba: np.ndarray, fold: np.ndarray, groups: np.ndarray) -> dict:
     """Accuracy next to the majority class's share (what always answering the larger class scores), AUROC, each
     with its 95% interval from the folds' scores (`cross_validated_interval`), and the cross-entropy bound
-    I(T;Y) >= H(Y) - CE in bits. Where every fold scores the same (all right, typically) the folds' spread says
-    nothing: the accuracy then takes Wilson's interval counting each sentence (`groups`) once, the AUROC none.
-    Three or more classes (proba [rows, K]): accuracy of the most probable class, the macro one-vs-rest AUROC
-    without an interval."""
+    I(T;Y) >= H(Y) - CE in bits (`groups`: the rows' sentences). Three or more classes (proba [rows, K]): accuracy
+    of the most probable class, the macro one-vs-rest AUROC without an interval."""
     hits = correct(y, proba)
-    folds = np.unique(fold)
-    low, high = cross_validated_interval(hits.mean(), [hits[fold == i].mean() for i in folds])
-    if low == high:
-        sentences = len(np.unique(groups))
-        low, high = proportion_confint(hits.mean() * sentences, sentences, method="wilson")
+    folds, sentences = np.unique(fold), len(np.unique(groups))
+    low, high = cross_validated_interval(hits.mean(), [hits[fold == i].mean() for i in folds], sentences)
     counts = np.bincount(y, minlength=2)
     if proba.ndim == 1:
         auroc = roc_auc_score(y, proba)
         per_fold = [roc_auc_score(y[fold == i], proba[fold == i]) if len(np.unique(y[fold == i])) == 2 else np.nan
                     for i in folds]
-        auc_low, auc_high = cross_validated_interval(auroc, per_fold)
-        if auc_low == auc_high:
-            auc_low = auc_high = np.nan
+        auc_low, auc_high = cross_validated_interval(auroc, per_fold, sentences)
         clipped = np.clip(proba, 1e-6, 1 - 1e-6)
     else:
         auroc, auc_low, auc_high = roc_auc_score(y, proba, multi_class="ovr", average="macro"), np.nan, np.nan
