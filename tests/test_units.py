@@ -164,12 +164,23 @@ def _synthetic(config: dict, **models_) -> dict:
             "sentences": {**config["sentences"], "source": "synthetic"}}
 
 
+def _with_local(config: dict, key: str, folder: Path) -> dict:
+    """`_synthetic` with a `local` entry for `folder` under `key`."""
+    return _synthetic(config, **{key: {"kind": "local", "path": str(folder), "gpus": 0}})
+
+
+def _save_tiny(folder: Path, tokenizer) -> None:
+    """A model folder as save_pretrained writes it: a tiny random Llama and `tokenizer`."""
+    build_tiny("llama", vocab_size=len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
 def test_a_local_model_folder_is_linked_checked_and_loads_as_saved(tmp_path, paper_config, smol_tokenizer):
     mine, out = tmp_path / "mine", tmp_path / "models/mine"
     saved = build_tiny("qwen3", vocab_size=len(smol_tokenizer))
     saved.save_pretrained(mine)
     smol_tokenizer.save_pretrained(mine)
-    config = _synthetic(paper_config, mine={"kind": "local", "path": str(mine), "gpus": 0})
+    config = _with_local(paper_config, "mine", mine)
     pipeline.prepare_model("mine", config, out, root=ROOT)
     assert all((out / p.name).is_symlink() for p in mine.iterdir())  # linked, not copied
     assert models.read_marker(out)["revision"].startswith(f"local:{mine}:")
@@ -204,10 +215,9 @@ def test_a_download_the_hub_could_not_finish_is_not_taken_for_a_model(tmp_path, 
 
 def test_a_local_folder_without_safetensors_weights_stops_at_preparation(tmp_path, paper_config, smol_tokenizer):
     mine = tmp_path / "pickled"
-    build_tiny("llama", vocab_size=len(smol_tokenizer)).save_pretrained(mine)
-    smol_tokenizer.save_pretrained(mine)
+    _save_tiny(mine, smol_tokenizer)
     (mine / "model.safetensors").rename(mine / "pytorch_model.bin")  # (weights are never unpickled: the name suffices)
-    config = _synthetic(paper_config, pickled={"kind": "local", "path": str(mine), "gpus": 0})
+    config = _with_local(paper_config, "pickled", mine)
     with pytest.raises(models.ModelError, match=r"models.pickled: the model folder is incomplete, it lacks "
                                                 r"model.safetensors.*safetensors only"):
         pipeline.prepare_model("pickled", config, tmp_path / "models/pickled", root=ROOT)
@@ -240,7 +250,7 @@ def test_a_folder_whose_parts_disagree_stops_at_preparation(tmp_path, paper_conf
         smol_tokenizer.save_pretrained(mine)
     if fault.endswith("layers"):
         _set_layers(mine, 1 if fault == "fewer layers" else 3)  # two blocks saved
-    config = _synthetic(paper_config, mine={"kind": "local", "path": str(mine), "gpus": 0})
+    config = _with_local(paper_config, "mine", mine)
     with pytest.raises(models.ModelError, match=f"models.mine: .*{message}"):
         pipeline.prepare_model("mine", config, tmp_path / "models/mine", root=ROOT)
     assert not (tmp_path / "models/mine").exists()
@@ -272,20 +282,17 @@ def test_preparation_reads_the_weights_names_and_shapes_only(tmp_path, paper_con
     monkeypatch.setattr(safetensors, "safe_open", HeadersOnly)
     monkeypatch.setattr(transformers.modeling_utils, "safe_open", HeadersOnly)
     mine = tmp_path / "mine"
-    build_tiny("llama", vocab_size=len(smol_tokenizer)).save_pretrained(mine)
-    smol_tokenizer.save_pretrained(mine)
+    _save_tiny(mine, smol_tokenizer)
     _set_layers(mine, 3)
     with pytest.raises(models.ModelError, match="its weights lack"):  # and the check still sees what they hold
-        pipeline.prepare_model("mine", _synthetic(paper_config, mine={"kind": "local", "path": str(mine), "gpus": 0}),
-                               tmp_path / "models/mine", root=ROOT)
+        pipeline.prepare_model("mine", _with_local(paper_config, "mine", mine), tmp_path / "models/mine", root=ROOT)
 
 
 def test_a_model_whose_weights_lack_tensors_does_not_load(tmp_path, paper_config, smol_tokenizer):
     """A folder changed after its preparation: every inference job loads it, and none runs a partly random model."""
     mine = tmp_path / "mine"
-    build_tiny("llama", vocab_size=len(smol_tokenizer)).save_pretrained(mine)
-    smol_tokenizer.save_pretrained(mine)
-    config = _synthetic(paper_config, mine={"kind": "local", "path": str(mine), "gpus": 0})
+    _save_tiny(mine, smol_tokenizer)
+    config = _with_local(paper_config, "mine", mine)
     pipeline.prepare_model("mine", config, tmp_path / "models/mine", root=ROOT)
     _set_layers(mine, 3)
     with pytest.raises(models.ModelError, match=r"models.mine: .* does not hold together: its weights lack"):
@@ -317,7 +324,7 @@ def test_a_chat_template_without_roles_stops_at_preparation(tmp_path, paper_conf
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}\n\n{% endfor %}"
     tokenizer.save_pretrained(mine)
     assert models.marks_roles(smol_tokenizer)
-    config = _synthetic(paper_config, roleless={"kind": "local", "path": str(mine), "gpus": 0})
+    config = _with_local(paper_config, "roleless", mine)
     with pytest.raises(models.ModelError, match="models.roleless: the chat template does not mark where the user's"):
         pipeline.prepare_model("roleless", config, tmp_path / "models/roleless", root=ROOT)
 
@@ -328,7 +335,7 @@ def test_an_architecture_the_hooks_cannot_reach_stops_at_preparation(tmp_path, p
     mine = tmp_path / "gpt2"
     GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(smol_tokenizer))).save_pretrained(mine)
     smol_tokenizer.save_pretrained(mine)
-    config = _synthetic(paper_config, gpt2x={"kind": "local", "path": str(mine), "gpus": 0})
+    config = _with_local(paper_config, "gpt2x", mine)
     with pytest.raises(models.ModelError, match="models.gpt2x: this model cannot be run: cannot find the decoder layers"):
         pipeline.prepare_model("gpt2x", config, tmp_path / "models/gpt2x", root=ROOT)
 

@@ -89,8 +89,6 @@ def _new_entry_typos(config: dict) -> list[str]:
             and (close := difflib.get_close_matches(key, known, n=1))]
 
 
-
-
 def check(config: dict, root: str | Path = ".") -> None:
     """Every problem of a schema-valid configuration, raised together. Files the configuration names (templates,
     aliases, sentence and corpus files, a local model) are looked for where the jobs read them, from the working

@@ -209,6 +209,7 @@ def run(sites: dict[str, np.ndarray], layers: np.ndarray, sets: list[Dataset], f
         key = derive_seed(seed, "probes", *sorted(dataset.condition.items()))
         shuffled = null_labels(y, dataset.design, 1, key)[:, 0]  # as the design could have drawn them
         fold, shuffled_fold = fold_ids(y, groups, folds, key), fold_ids(shuffled, groups, folds, key)
+        n_groups = len(np.unique(groups))
         for site in dataset.sites:
             for slot, layer in enumerate(layers):
                 X = sites[site][dataset.rows, slot]
@@ -217,7 +218,7 @@ def run(sites: dict[str, np.ndarray], layers: np.ndarray, sets: list[Dataset], f
                 for features, (values, labels, split) in inputs.items():
                     proba = out_of_fold(probe(C), values, labels, split)
                     out.append({**dataset.condition, "site": site, "layer": int(layer), "features": features,
-                                "n_groups": len(np.unique(groups)), **scores(labels, proba, split, groups)})
+                                "n_groups": n_groups, **scores(labels, proba, split, groups)})
     table = pd.DataFrame(out)
     columns = [*CONDITION_COLUMNS, "site", "layer", "features"]
     return table.reindex(columns=[*columns, *[c for c in table if c not in columns]])

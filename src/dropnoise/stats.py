@@ -42,10 +42,10 @@ Tables (each a function below; columns in order):
     way a discordant pair went, as the test of `condition_tests`). Per panel (cell = "all"): a paired logistic model,
     logit P(correct) = b0 + b1 * [correct labels], standard errors clustered by sentence (pairs and their repeats
     across cells are clusters; exp(b1) is the population-averaged odds ratio, a marginal one, not McNemar's
-    conditional b/c, usually further from 1); where it has no estimable odds ratio (e.g. every pair right under one condition makes
-    it infinite, see `separation`; or the outcome is constant within every sentence), the exact sign test of the
-    sentences' mean paired differences instead (`test` says which, `note` why; with 5 or fewer sentences it cannot
-    reach p < 0.05).
+    conditional b/c, usually further from 1); where it has no estimable odds ratio (e.g. every pair right under one
+    condition makes it infinite, see `separation`; or the outcome is constant within every sentence), the exact
+    sign test of the sentences' mean paired differences instead (`test` says which, `note` why; with 5 or fewer
+    sentences it cannot reach p < 0.05).
     Swapped labels also get the paper's Fig. 6 quantity, flipped_difference = accuracy_correct - (1 -
     accuracy_other): 0 for a model that follows whatever labels it is taught, above 0 for one that keeps the label
     words' meaning; tested against 0 by the exact binomial test of both-right against both-wrong pairs (effective
